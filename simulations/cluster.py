@@ -1,0 +1,232 @@
+"""The simulated cluster: engines in tiers, the live router, KV transfers, and (optionally) the planner.
+
+Life of a request here: 1. it arrives (each arrival schedules the next); 2. the live router
+(`orchestrator.router.pick`) chooses the decode engine and a prefill engine (or none: colocated, or the
+decode engine already holds the prompt) from a snapshot of every engine's load and the router's own
+`PrefixIndex`; 3. the prompt is computed (the prefill engine's own prefix cache shortens it); 4. its KV
+crosses the link to the decode engine (bytes / bandwidth + latency, one transfer at a time per
+receiving engine); 5. it decodes in a continuous batch until its last token. A request that no engine
+can take is answered at once with finish reason `error` and counted, never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from orchestrator.errors import Unavailable
+from orchestrator.router import ClusterSnapshot, PrefixIndex, RouteRequest, WorkerLoad, pick
+from simulations.config import SimConfig
+from simulations.engine import Engine
+from simulations.events import Event, EventLoop
+from simulations.hardware import get_accelerator
+from simulations.models import get_model
+from simulations.power import PowerModel
+from simulations.request import SimRequest
+from simulations.timing import BaseTiming, CoefficientTiming, RooflineTiming
+
+ENGINE_CACHE_BLOCKS = 1 << 16  # prompt blocks a prefill engine's own prefix cache remembers
+
+
+def build_timing(config: SimConfig, tier: str, power: PowerModel) -> BaseTiming:
+    """The step-time predictor for one tier's engines, as the config selects."""
+    tp = config.prefill_tp if tier == "prefill" else config.decode_tp
+    if config.timing == "coefficients":
+        a, b, c, da, db, dc = config.coefficients  # type: ignore[misc]
+        return CoefficientTiming(a, b, c, da, db, dc, config.kv_tokens or 1_000_000)
+    if config.timing == "profile":
+        from simulations.profiled import ProfileTiming
+        return ProfileTiming.from_file(config.profile, tier=tier, kv_tokens=config.kv_tokens)  # type: ignore[arg-type]
+    return RooflineTiming(get_model(config.model), get_accelerator(config.accelerator), tp, config.efficiency,
+                          prefill_clock=power.clock_factor("prefill"), decode_clock=power.clock_factor("decode"))
+
+
+@dataclass
+class SimResult:
+    """What a run leaves behind: the requests with their times, the engines, the replica timeline."""
+
+    config: SimConfig
+    requests: list[SimRequest]
+    engines: list[Engine]
+    duration_s: float
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (time, prefill engines, decode engines)
+    num_events: int = 0
+    planner_decisions: list[object] = field(default_factory=list)
+
+
+class Cluster:
+    """Engines, router state and KV links of one simulated cluster."""
+
+    def __init__(self, config: SimConfig, requests: Sequence[SimRequest]) -> None:
+        self.config = config
+        self.requests = list(requests)
+        accelerator = get_accelerator(config.accelerator)
+        self.power = PowerModel(accelerator, config.power)
+        self.model = get_model(config.model)
+        self.timing = {tier: build_timing(config, tier, self.power) for tier in ("prefill", "decode")}
+        self.transfer_bytes_per_s = (config.transfer_gb_s * 1e9 if config.transfer_gb_s
+                                     else accelerator.scale_out_bytes_per_s * min(config.prefill_tp, config.decode_tp))
+        self.router_index = PrefixIndex(config.router.prefix_cache_blocks)
+        self.engine_index = PrefixIndex(ENGINE_CACHE_BLOCKS)
+        self.engines: dict[str, Engine] = {}
+        self.retired: list[Engine] = []
+        self.link_free_s: dict[str, float] = {}
+        self.timeline: list[tuple[float, int, int]] = []
+        self.loop = EventLoop()
+        self.num_done = 0
+        self._next_id = {"prefill": 0, "decode": 0}
+        decode_tier = "colocated" if config.mode == "colocated" else "decode"
+        for _ in range(config.num_prefill):
+            self.add_engine("prefill", 0.0, ready_s=0.0)
+        for _ in range(config.num_decode):
+            self.add_engine(decode_tier, 0.0, ready_s=0.0)
+        self.on_tick: Callable[[float], list[Event]] | None = None
+
+    # Pools -------------------------------------------------------------------------------------
+    def add_engine(self, tier: str, now: float, ready_s: float | None = None) -> Engine:
+        """Start an engine; it takes requests from `ready_s` (default: now + worker_start_s)."""
+        key = "prefill" if tier == "prefill" else "decode"
+        worker_id = f"{key}-{self._next_id[key]}"
+        self._next_id[key] += 1
+        tp = self.config.prefill_tp if tier == "prefill" else self.config.decode_tp
+        engine = Engine(worker_id, tier, self.timing[key], tp, self.config.max_num_seqs, self.config.max_batched_tokens,
+                        self._prefilled, self._finished, started_s=now)
+        engine.ready_s = now + self.config.worker_start_s if ready_s is None else ready_s
+        self.engines[worker_id] = engine
+        self._record_pools(now)
+        return engine
+
+    def drain_engine(self, worker_id: str, now: float) -> None:
+        """Stop routing to an engine; it leaves once its work is done."""
+        engine = self.engines[worker_id]
+        engine.draining = True
+        self._retire_if_done(engine, now)
+
+    def _retire_if_done(self, engine: Engine, now: float) -> None:
+        if engine.draining and engine.idle and engine.worker_id in self.engines:
+            engine.stopped_s = now
+            del self.engines[engine.worker_id]
+            self.retired.append(engine)
+            self.router_index.forget(engine.worker_id)
+            self._record_pools(now)
+
+    def pool(self, tier: str) -> list[Engine]:
+        """Engines of a tier ("prefill", or "decode" which includes colocated), draining ones included."""
+        return [e for e in self.engines.values() if (e.tier == "prefill") == (tier == "prefill")]
+
+    def _record_pools(self, now: float) -> None:
+        live = [e for e in self.engines.values() if not e.draining]
+        num_prefill = sum(1 for e in live if e.tier == "prefill")
+        self.timeline.append((now, num_prefill, len(live) - num_prefill))
+
+    # Routing -----------------------------------------------------------------------------------
+    def snapshot(self, now: float) -> ClusterSnapshot:
+        """Every engine's load as the router sees it."""
+        def load(engine: Engine) -> WorkerLoad:
+            block = 32
+            return WorkerLoad(engine.worker_id, engine.tier, ready=engine.ready_s <= now, draining=engine.draining,
+                              num_running=len(engine.running), num_waiting=engine.num_waiting,
+                              num_active_blocks=engine.kv_used // block, num_total_blocks=engine.kv_capacity // block,
+                              pending_prefill_tokens=engine.pending_prefill_tokens)
+        loads = [load(e) for e in self.engines.values()]
+        return ClusterSnapshot(prefill=tuple(w for w in loads if w.tier == "prefill"),
+                               decode=tuple(w for w in loads if w.tier != "prefill"))
+
+    def _arrive(self, now: float, index: int) -> list[Event]:
+        events: list[Event] = []
+        if index + 1 < len(self.requests):
+            events.append((self.requests[index + 1].arrival_s, self._arrive, index + 1))
+        request = self.requests[index]
+        snapshot = self.snapshot(now)
+        route = RouteRequest(request.prompt_tokens, request.hash_ids, request.block_tokens)
+        matches = self.router_index.matches([w.worker_id for w in snapshot.decode], request.hash_ids)
+        try:
+            decision = pick(route, snapshot, matches, self.config.router)
+        except Unavailable:
+            return events + self._refuse(now, request, "no decode engine ready")
+        decode = self.engines[decision.decode_worker]
+        if not decode.fits(request.prompt_tokens + request.output_tokens):
+            return events + self._refuse(now, request, "longer than one engine's KV cache")
+        request.decode_worker = decode.worker_id
+        self.router_index.record(decode.worker_id, request.hash_ids)
+        if decision.prefill_worker is None:
+            request.prefill_skipped = decision.skip_prefill
+            return events + self._prefill_on(decode, now, request, decision.matched_tokens)
+        decode.num_incoming += 1
+        prefill = self.engines[decision.prefill_worker]
+        request.transfer_skip_tokens = min(decision.matched_tokens, request.prompt_tokens - 1)
+        cached = self.engine_index.match(prefill.worker_id, request.hash_ids) * request.block_tokens
+        self.engine_index.record(prefill.worker_id, request.hash_ids)
+        return events + self._prefill_on(prefill, now, request, cached)
+
+    def _prefill_on(self, engine: Engine, now: float, request: SimRequest, cached_tokens: int) -> list[Event]:
+        """Queue the prompt on `engine`, less the leading tokens it already caches (at least one is computed)."""
+        request.cached_tokens = max(min(cached_tokens, request.prompt_tokens - 1), 0)
+        request.prefill_worker = engine.worker_id
+        request.prefill_left = request.prompt_tokens - request.cached_tokens
+        return engine.enqueue_prefill(now, request)
+
+    def _refuse(self, now: float, request: SimRequest, reason: str) -> list[Event]:
+        request.finish_reason = "error"
+        request.error = reason
+        request.finish_s = now
+        request.num_finishes += 1
+        self.num_done += 1
+        return []
+
+    # Hand-off and completion -------------------------------------------------------------------
+    def _prefilled(self, now: float, engine: Engine, request: SimRequest) -> list[Event]:
+        if engine.tier != "prefill":
+            return []
+        decode = self.engines.get(request.decode_worker) or self._retired(request.decode_worker)
+        if request.remaining <= 0:  # one-token output: done at prefill
+            decode.num_incoming -= 1
+            self._finished(now, engine, request)
+            return engine.release_kv(now, request.kv_reserved)
+        size = (request.prompt_tokens - request.transfer_skip_tokens) * self.model.kv_bytes_per_token
+        start = max(now, self.link_free_s.get(decode.worker_id, 0.0))
+        self.link_free_s[decode.worker_id] = start + size / self.transfer_bytes_per_s
+        done = self.link_free_s[decode.worker_id] + self.config.transfer_latency_ms / 1e3
+        return [(done, self._transferred, request)]
+
+    def _transferred(self, now: float, request: SimRequest) -> list[Event]:
+        prefill = self.engines.get(request.prefill_worker) or self._retired(request.prefill_worker)
+        events = prefill.release_kv(now, request.kv_reserved)
+        request.kv_reserved = 0
+        request.transfer_done_s = now
+        decode = self.engines.get(request.decode_worker) or self._retired(request.decode_worker)
+        decode.num_incoming -= 1
+        self._retire_if_done(prefill, now)
+        return events + decode.enqueue_decode(now, request)
+
+    def _retired(self, worker_id: str) -> Engine:
+        return next(e for e in self.retired if e.worker_id == worker_id)
+
+    def _finished(self, now: float, engine: Engine, request: SimRequest) -> list[Event]:
+        request.finish_s = now
+        request.num_finishes += 1
+        request.finish_reason = request.finish_reason or "length"
+        self.num_done += 1
+        self._retire_if_done(engine, now)
+        return []
+
+    # Running -----------------------------------------------------------------------------------
+    def run(self, on_progress: Callable[[float], None] | None = None) -> SimResult:
+        """Simulate every request to its end."""
+        if self.requests:
+            self.loop.schedule([(self.requests[0].arrival_s, self._arrive, 0)])
+        if self.on_tick is not None:
+            self.loop.schedule([(0.0, self._tick, None)])
+        end = self.loop.run(on_progress=on_progress)
+        end = max([end] + [r.finish_s for r in self.requests])
+        for engine in self.engines.values():
+            engine.stopped_s = end
+        return SimResult(self.config, self.requests, list(self.engines.values()) + self.retired, end,
+                         self.timeline, self.loop.num_events)
+
+    def _tick(self, now: float, _: object) -> list[Event]:
+        events = self.on_tick(now) if self.on_tick else []
+        if self.num_done < len(self.requests):
+            events = list(events) + [(now + self.config.planner_interval_s, self._tick, None)]
+        return events
+

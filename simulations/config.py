@@ -1,0 +1,86 @@
+"""What one simulation run simulates: the cluster, its step-time and power models, its SLOs.
+
+`SimConfig` is a frozen pydantic model (unknown keys refused) so a configuration can be written to and
+read from `summary.json`, and the capacity search can produce variations of it with `model_copy`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from orchestrator.config import ConfigModel, RouterConfig
+from simulations.power import PowerConfig
+from simulations.timing import Efficiency
+
+
+class SimConfig(ConfigModel):
+    """One simulated cluster serving one model."""
+
+    model: str = Field("llama-3.1-8b", description="Model shape name (see `simulations.models.CATALOGUE`).")
+    accelerator: str = Field("h100-sxm", description="Accelerator name from hardware.yaml.")
+    mode: Literal["disaggregated", "colocated"] = Field("disaggregated", description="Split prefill/decode pools, or one colocated pool.")
+    num_prefill: int = Field(1, ge=0, le=4096, description="Prefill engines (0 when colocated).")
+    num_decode: int = Field(1, ge=1, le=4096, description="Decode engines (colocated engines when colocated).")
+    prefill_tp: int = Field(1, ge=1, le=64, description="Tensor-parallel degree of each prefill engine.")
+    decode_tp: int = Field(1, ge=1, le=64, description="Tensor-parallel degree of each decode (or colocated) engine.")
+    max_num_seqs: int = Field(256, ge=1, le=65536, description="Most requests one engine step batches.")
+    max_batched_tokens: int = Field(8192, ge=16, le=1 << 22, description="Most tokens one engine step computes.")
+    timing: Literal["roofline", "profile", "coefficients"] = Field("roofline", description="Step-time model.")
+    profile: str | None = Field(None, description="Measured profile file (timing=profile).")
+    coefficients: tuple[float, float, float, float, float, float] | None = Field(
+        None, description="prefill a, b, c and decode a, b, c in ms (timing=coefficients).")
+    kv_tokens: int | None = Field(None, ge=1, description="KV capacity per engine in tokens (coefficients/profile timing).")
+    compute_efficiency: float = Field(Efficiency.compute, gt=0, le=1, description="Share of peak FLOPs kernels reach.")
+    bandwidth_efficiency: float = Field(Efficiency.bandwidth, gt=0, le=1, description="Share of HBM bandwidth reached.")
+    step_overhead_ms: float = Field(Efficiency.step_overhead_ms, ge=0, description="Fixed cost per engine step.")
+    allreduce_latency_us: float = Field(Efficiency.allreduce_latency_us, ge=0, description="Latency of one TP all-reduce.")
+    memory_utilization: float = Field(Efficiency.memory_utilization, gt=0, le=1, description="Share of HBM the engine uses.")
+    transfer_gb_s: float | None = Field(None, gt=0, description="KV link bandwidth per transfer (GB/s); default: the GPUs' scale-out NICs.")
+    transfer_latency_ms: float = Field(0.5, ge=0, description="Fixed latency of one KV transfer.")
+    power_cap_fraction: float = Field(1.0, gt=0, le=1, description="GPU power cap as a share of board power.")
+    pue: float = Field(1.2, ge=1, le=3, description="Facility power usage effectiveness.")
+    usd_per_kwh: float = Field(0.08, ge=0, description="Electricity price.")
+    usd_per_gpu_hour: float | None = Field(None, ge=0, description="GPU rental price; default by accelerator.")
+    ttft_slo_ms: float = Field(2000.0, gt=0, description="A request meets its SLO if its TTFT is at most this ...")
+    tpot_slo_ms: float = Field(100.0, gt=0, description="... and its time per output token at most this.")
+    slo_percentile: float = Field(90.0, gt=0, le=100, description="Percentile at which the search checks the SLOs.")
+    router: RouterConfig = Field(default_factory=RouterConfig, description="The live router's settings.")
+    autoscale: bool = Field(False, description="Run the live planner every planner_interval_s through the virtual actuator.")
+    planner_interval_s: float = Field(30.0, gt=0, description="Planner tick period.")
+    worker_start_s: float = Field(60.0, ge=0, description="Time a new engine takes to become ready.")
+    max_gpus: int | None = Field(None, ge=1, description="GPU budget the planner may not exceed.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SimConfig":
+        if self.mode == "colocated" and self.num_prefill:
+            raise ValueError("a colocated cluster has no prefill pool: set num_prefill=0")
+        if self.mode == "disaggregated" and self.num_prefill < 1:
+            raise ValueError("a disaggregated cluster needs num_prefill >= 1 (or mode=colocated)")
+        if self.timing == "profile" and not self.profile:
+            raise ValueError("timing=profile needs a profile file")
+        if self.timing == "coefficients" and self.coefficients is None:
+            raise ValueError("timing=coefficients needs six coefficients")
+        return self
+
+    @property
+    def num_gpus(self) -> int:
+        return self.num_prefill * self.prefill_tp + self.num_decode * self.decode_tp
+
+    @property
+    def efficiency(self) -> Efficiency:
+        return Efficiency(self.compute_efficiency, self.bandwidth_efficiency, self.step_overhead_ms,
+                          self.allreduce_latency_us, self.memory_utilization)
+
+    @property
+    def power(self) -> PowerConfig:
+        return PowerConfig(power_cap_fraction=self.power_cap_fraction, pue=self.pue, usd_per_kwh=self.usd_per_kwh,
+                           usd_per_gpu_hour=self.usd_per_gpu_hour)
+
+    def label(self) -> str:
+        """Short human name: `h100-sxm 2P(tp1)+6D(tp2)` or `h100-sxm 8C(tp2)`."""
+        if self.mode == "colocated":
+            return f"{self.accelerator} {self.num_decode}C(tp{self.decode_tp}) seqs{self.max_num_seqs}"
+        return (f"{self.accelerator} {self.num_prefill}P(tp{self.prefill_tp})+{self.num_decode}D(tp{self.decode_tp})"
+                f" seqs{self.max_num_seqs}")

@@ -1,0 +1,212 @@
+"""One simulated engine (a worker's vLLM): chunked-prefill scheduling and continuous-batching decode.
+
+Life of a step: 1. admit waiting decode requests while batch slots and KV last; 2. if prompt work is
+queued, run one chunked step (prompt chunks up to the token budget plus one token of each running
+request); 3. otherwise run decode steps until the first running request finishes, as one event (the
+batch is unchanged in between, so the step-time model sums the steps in closed form); a request that
+arrives meanwhile cuts that span short at the next step boundary, where it joins.
+
+The engine knows only its own queues; the cluster (`simulations.cluster`) routes to it, moves KV out of
+prefill engines, and hears about first tokens and finishes through the two callbacks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from simulations.events import Event
+from simulations.request import SimRequest
+from simulations.timing import BaseTiming
+
+Callback = Callable[[float, "Engine", SimRequest], "Iterable[Event] | None"]
+
+
+class Engine:
+    """Queues, batch and KV of one engine. `tier`: "prefill", "decode" or "colocated"."""
+
+    def __init__(self, worker_id: str, tier: str, timing: BaseTiming, num_gpus: int, max_num_seqs: int,
+                 max_batched_tokens: int, on_prefilled: Callback, on_finished: Callback, started_s: float = 0.0) -> None:
+        self.worker_id, self.tier, self.timing, self.num_gpus = worker_id, tier, timing, num_gpus
+        self.max_num_seqs, self.max_batched_tokens = max_num_seqs, max_batched_tokens
+        self.kv_capacity = timing.kv_capacity_tokens()
+        self._on_prefilled, self._on_finished = on_prefilled, on_finished
+        self.prefill_queue: deque[SimRequest] = deque()
+        self.waiting: deque[SimRequest] = deque()
+        self.running: list[SimRequest] = []
+        self.sum_context = 0
+        self.kv_used = 0
+        self.pending_prefill_tokens = 0
+        self.num_incoming = 0  # routed here, still in prefill or transfer
+        self.draining = False
+        self.ready_s = started_s
+        self.started_s, self.stopped_s = started_s, -1.0
+        self.prefill_busy_s = self.decode_busy_s = 0.0
+        self._busy = False
+        self._gen = 0
+        self._span: tuple[float, int, int, int] | None = None  # (start, batch, sum_context, steps) of a decode span
+        self._chunks: list[tuple[SimRequest, int]] = []
+
+    # Load as the router sees it ----------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        return not (self._busy or self.prefill_queue or self.waiting or self.running or self.num_incoming)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting) + len(self.prefill_queue) + self.num_incoming
+
+    # Work arriving -----------------------------------------------------------------------------
+    def enqueue_prefill(self, now: float, request: SimRequest) -> list[Event]:
+        """Queue `request.prefill_left` prompt tokens to compute here."""
+        self.prefill_queue.append(request)
+        self.pending_prefill_tokens += request.prefill_left
+        return self._wake(now)
+
+    def enqueue_decode(self, now: float, request: SimRequest) -> list[Event]:
+        """`request`'s KV is here: it joins the batch at the next step boundary with room."""
+        self.waiting.append(request)
+        return self._wake(now)
+
+    def release_kv(self, now: float, tokens: int) -> list[Event]:
+        """The cluster moved a prefilled request's KV out of this (prefill) engine: queued prompts may fit now."""
+        self.kv_used -= tokens
+        return [] if self._busy else self._start(now)
+
+    def fits(self, tokens: int) -> bool:
+        """Could a request needing `tokens` of KV ever run here?"""
+        return tokens <= self.kv_capacity
+
+    def _wake(self, now: float) -> list[Event]:
+        if not self._busy:
+            return self._start(now)
+        return self._cut_span(now)
+
+    def _cut_span(self, now: float) -> list[Event]:
+        """Shorten a running decode span to end at the next step boundary, so new work can join."""
+        if self._span is None:
+            return []
+        start, batch, sum_context, steps = self._span
+        done = self.timing.decode_steps_within(batch, sum_context, (now - start) * 1e3, steps)
+        if done + 1 >= steps:
+            return []
+        self._gen += 1
+        self._span = (start, batch, sum_context, done + 1)
+        end = start + self.timing.decode_span_ms(batch, sum_context, done + 1) / 1e3
+        return [(end, self._span_done, self._gen)]
+
+    # Scheduling --------------------------------------------------------------------------------
+    def _start(self, now: float) -> list[Event]:
+        events = self._admit(now)
+        if self.prefill_queue:
+            chunks = self._form_chunks()
+            if chunks:
+                return events + self._run_chunked(now, chunks)
+        if self.running:
+            return events + self._run_span(now)
+        self._busy = False
+        return events
+
+    def _admit(self, now: float) -> list[Event]:
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            request = self.waiting[0]
+            need = request.context + request.remaining
+            if self.kv_used + need > self.kv_capacity and self.running:
+                break
+            self.waiting.popleft()
+            self.kv_used += need
+            request.kv_reserved = need
+            self._join(request)
+        return []
+
+    def _join(self, request: SimRequest) -> None:
+        self.running.append(request)
+        self.sum_context += request.context
+
+    def _form_chunks(self) -> list[tuple[SimRequest, int]]:
+        budget = self.max_batched_tokens - len(self.running)
+        chunks: list[tuple[SimRequest, int]] = []
+        for request in self.prefill_queue:
+            if budget <= 0 or len(chunks) + len(self.running) >= self.max_num_seqs:
+                break
+            if request.kv_reserved == 0:
+                need = request.prompt_tokens + (0 if self.tier == "prefill" else request.output_tokens)
+                if self.kv_used + need > self.kv_capacity and (chunks or self.running or self.kv_used):
+                    break
+                self.kv_used += need
+                request.kv_reserved = need
+            take = min(request.prefill_left, budget)
+            chunks.append((request, take))
+            budget -= take
+        return chunks
+
+    def _run_chunked(self, now: float, chunks: list[tuple[SimRequest, int]]) -> list[Event]:
+        self._busy = True
+        self._chunks = chunks
+        for request, _ in chunks:
+            if request.prefill_start_s < 0:
+                request.prefill_start_s = now
+        step_s = self.timing.mixed_ms([(take, r.prompt_tokens - r.prefill_left) for r, take in chunks],
+                                      len(self.running), self.sum_context) / 1e3
+        self.prefill_busy_s += step_s
+        self._gen += 1
+        return [(now + step_s, self._chunked_done, self._gen)]
+
+    def _run_span(self, now: float) -> list[Event]:
+        self._busy = True
+        batch, steps = len(self.running), min(r.remaining for r in self.running)
+        self._span = (now, batch, self.sum_context, steps)
+        self._gen += 1
+        end = now + self.timing.decode_span_ms(batch, self.sum_context, steps) / 1e3
+        return [(end, self._span_done, self._gen)]
+
+    # Step completions --------------------------------------------------------------------------
+    def _chunked_done(self, now: float, gen: int) -> list[Event]:
+        events = self._advance_decode(now, 1)
+        for request, take in self._chunks:
+            request.prefill_left -= take
+            self.pending_prefill_tokens -= take
+            if request.prefill_left == 0:
+                self.prefill_queue.remove(request)
+                events += self._prefilled(now, request)
+        self._chunks = []
+        return events + self._start(now)
+
+    def _span_done(self, now: float, gen: int) -> list[Event]:
+        if gen != self._gen or self._span is None:
+            return []  # superseded by a shorter span
+        start, _, _, steps = self._span
+        self._span = None
+        self.decode_busy_s += now - start
+        return self._advance_decode(now, steps) + self._start(now)
+
+    def _advance_decode(self, now: float, steps: int) -> list[Event]:
+        if not self.running:
+            return []
+        events: list[Event] = []
+        still = []
+        for request in self.running:
+            request.remaining -= steps
+            request.context += steps
+            if request.remaining <= 0:
+                self.kv_used -= request.kv_reserved
+                events += self._on_finished(now, self, request) or ()
+            else:
+                still.append(request)
+        self.running = still
+        self.sum_context = sum(r.context for r in still)
+        return events
+
+    def _prefilled(self, now: float, request: SimRequest) -> list[Event]:
+        """The prompt is computed and its first token out: hand over (prefill tier) or start decoding."""
+        request.first_token_s = now
+        request.context = request.prompt_tokens + 1
+        request.remaining = request.output_tokens - 1
+        events = list(self._on_prefilled(now, self, request) or ())
+        if self.tier == "prefill":
+            return events
+        if request.remaining <= 0:
+            self.kv_used -= request.kv_reserved
+            return events + list(self._on_finished(now, self, request) or ())
+        self._join(request)
+        return events
