@@ -85,9 +85,11 @@ def format_table(summary: dict[str, Any]) -> str:
                      f"{throughput['total_tokens_per_s']:.1f} total tok/s")
     goodput = summary["goodput"]
     if goodput["requests_per_s"] is not None:
+        slos = [f"{name}<={goodput[f'slo_{name}_ms']:g} ms" for name in ("ttft", "tpot")
+                if goodput[f"slo_{name}_ms"] is not None]
         lines.append(f"goodput: {goodput['requests_per_s']:.3f} req/s ({100 * goodput['fraction']:.1f}% of sent "
-                     f"met ttft<={goodput['slo_ttft_ms']} ms, tpot<={goodput['slo_tpot_ms']} ms)")
-    lines += ["", f"{'metric (ms)':<16}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'count':>8}"]
+                     f"met {', '.join(slos)})")
+    lines += ["", f"{'metric (ms)':<20}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'count':>8}"]
     for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
         lines.append(_distribution_line(name, summary[name]))
     usage = summary["usage"]
@@ -111,7 +113,7 @@ def format_comparison(rows: Sequence[dict[str, Any]], baseline_label: str) -> st
 
 
 def _distribution_line(name: str, dist: dict[str, Any]) -> str:
-    return (f"{name:<16}{_cell(dist['mean']):>10}{_cell(dist['p50']):>10}{_cell(dist['p90']):>10}"
+    return (f"{name:<20}{_cell(dist['mean']):>10}{_cell(dist['p50']):>10}{_cell(dist['p90']):>10}"
             f"{_cell(dist['p99']):>10}{dist['count']:>8}")
 
 

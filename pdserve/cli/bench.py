@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_trace_flags(parser)
     _add_ramp_flags(parser)
     _add_report_flags(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, bench_parser=parser)
 
 
 def _add_target_flags(parser: argparse.ArgumentParser) -> None:
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = BenchConfig.from_args(args)
-        argv = _redacted_argv(_command_argv(), config.api_key)
+        argv = _redacted_argv(_command_argv(args), config.api_key)
         result = asyncio.run(_run(config, argv))
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -151,11 +151,18 @@ def _write_outputs(config, result) -> int:
     return EXIT_OK if not failed or config.allow_failures else EXIT_FAILED
 
 
-def _command_argv() -> list[str]:
-    """The command line of this process, with the program called `pdserve` when it is our CLI."""
-    program = sys.argv[0]
-    is_ours = os.path.basename(program) == "pdserve" or os.path.join("pdserve", "cli") in program
-    return ["pdserve" if is_ours else program, *sys.argv[1:]]
+def _command_argv(args: argparse.Namespace) -> list[str]:
+    """The command line as typed when this process is the `pdserve` CLI; else (called as a library,
+    `main([...])`) the equivalent command line rebuilt from the parsed flags."""
+    if os.path.basename(sys.argv[0]) == "pdserve" and "bench" in sys.argv[1:]:
+        return ["pdserve", *sys.argv[1:]]
+    argv = ["pdserve", "bench"]
+    for action in args.bench_parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or value == action.default or value is None or action.dest == "api_key":
+            continue
+        argv += [action.option_strings[0]] if value is True else [action.option_strings[0], str(value)]
+    return argv
 
 
 def _redacted_argv(argv: list[str], api_key: str | None) -> list[str]:
