@@ -12,7 +12,6 @@ from typing import Any
 
 from orchestrator.errors import ConfigError
 from pdserve.bench import ramp as ramps
-from pdserve.bench.workload import TRACE_FORMATS
 
 DEFAULT_PROMPT_TOKENS = 128
 DEFAULT_OUTPUT_TOKENS = 64
@@ -149,4 +148,3 @@ def _check_target(target: str, flag: str, endpoint: str) -> None:
         raise ConfigError(f"{flag} must be HOST:PORT, got {target!r}")
 
 
-__all__ = ["BenchConfig", "TRACE_FORMATS"]

@@ -76,7 +76,8 @@ class Outcome:
             "index": self.index, "phase": self.phase, "scheduled_s": round(self.scheduled_s, 6),
             "prompt_tokens": self.prompt_tokens, "expected_output_tokens": self.expected_output_tokens,
             "output_tokens": self.output_tokens, "ok": self.ok, "ttft_ms": _round(self.ttft_ms),
-            "tpot_ms": _round(self.tpot_ms), "e2e_ms": _round(self.e2e_ms), "dispatch_lag_ms": _round(self.dispatch_lag_ms),
+            "tpot_ms": _round(self.tpot_ms), "e2e_ms": _round(self.e2e_ms),
+            "dispatch_lag_ms": _round(self.dispatch_lag_ms),
             "finish_reason": self.finish_reason,
             "error_reason": self.error_reason, "error_message": self.error_message, "usage": self.usage,
         }

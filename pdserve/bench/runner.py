@@ -19,7 +19,7 @@ from typing import Any
 from orchestrator.errors import ConfigError
 from pdserve.bench import replicas, report, workload
 from pdserve.bench.config import BenchConfig
-from pdserve.bench.endpoints import ENDPOINTS, BaseEndpoint, GrpcEndpoint, ServerInfo
+from pdserve.bench.endpoints import ENDPOINTS, BaseEndpoint, ServerInfo
 from pdserve.bench.loadgen import run_load
 from pdserve.bench.prompts import PromptBuilder
 from pdserve.bench.ramp import PhaseLengths, RampSchedule

@@ -82,7 +82,8 @@ def from_trace(trace: Sequence, limits: Limits, *, block_tokens: int, rate_per_s
     """Trace requests -> bench requests, arrivals rescaled and lengths clipped.
 
     In a trace with prefix hash ids, prompt lengths scale with `block_tokens / trace block size` (a
-    Mooncake trace replayed with 32-token blocks keeps its prefix structure at 1/16 of its length). Returns (requests, how many were clipped).
+    Mooncake trace replayed with 32-token blocks keeps its prefix structure at 1/16 of its length).
+    Returns (requests, how many were clipped).
     """
     times = arrivals.rescale_trace_arrivals_s([r.arrival_s for r in trace], time_scale=time_scale,
                                               rate_per_s=rate_per_s)
