@@ -146,5 +146,3 @@ def _check_target(target: str, flag: str, endpoint: str) -> None:
     host, sep, port = address.rstrip("/").rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{flag} must be HOST:PORT, got {target!r}")
-
-

@@ -77,14 +77,15 @@ class ReplicaPoller:
 
 def flatten_rows(rows: Sequence[dict[str, Any]], outcomes: Sequence[Outcome], start_s: float,
                  interval_s: float = 1.0) -> list[dict[str, Any]]:
-    """Table rows: time, phase, offered and achieved send rate, desired/actual replicas per tier, error."""
+    """Table rows: time, phase, offered rate, sent rate (requests sent in the `interval_s` window centred
+    on the row's time), desired/actual replicas per tier, poll error."""
     tiers = sorted({tier for row in rows for tier in row["tiers"]})
     sent_s = sorted(o.start_s - start_s for o in outcomes if o.start_s)
     table = []
     for row in rows:
         flat = {k: row[k] for k in ("t_s", "phase", "offered_rate_per_s")}
-        window_start_s = row["t_s"] - interval_s
-        flat["sent_rate_per_s"] = round(sum(window_start_s <= s < row["t_s"] for s in sent_s) / interval_s, 4)
+        low_s, high_s = row["t_s"] - interval_s / 2, row["t_s"] + interval_s / 2
+        flat["sent_rate_per_s"] = round(sum(low_s <= s < high_s for s in sent_s) / interval_s, 4)
         for tier in tiers:
             counts = row["tiers"].get(tier, {})
             flat[f"{tier}_desired"] = counts.get("desired")

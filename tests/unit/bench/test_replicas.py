@@ -15,9 +15,10 @@ def test_table_csv_and_plot(tmp_path):
     rows = [{"t_s": float(t), "phase": t // 2, "offered_rate_per_s": 1.0 + t, "error": "",
              "tiers": {"prefill": {"desired": 1 + t // 2, "actual": 1}, "decode": {"desired": 1, "actual": 1}}}
             for t in range(1, 5)]
-    outcomes = [Outcome(i, 0, 0.0, 1, 1, start_s=100.0 + 0.5 + i * 0.25) for i in range(8)]
+    sent_s = (0.6, 0.7, 1.6, 1.7, 1.8, 2.6)
+    outcomes = [Outcome(i, 0, 0.0, 1, 1, start_s=100.0 + t) for i, t in enumerate(sent_s)]
     table = flatten_rows(rows, outcomes, start_s=100.0)
-    assert [r["sent_rate_per_s"] for r in table] == [2.0, 4.0, 2.0, 0.0]
+    assert [r["sent_rate_per_s"] for r in table] == [2.0, 3.0, 1.0, 0.0]  # windows centred on t_s
     assert table[3]["prefill_desired"] == 3 and table[0]["decode_actual"] == 1
     write_csv(table, tmp_path / "r.csv")
     lines = (tmp_path / "r.csv").read_text().splitlines()
