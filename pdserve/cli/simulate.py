@@ -1,0 +1,118 @@
+"""`pdserve simulate`: run one simulated cluster on a workload, or validate the models against published data.
+
+Examples:
+  pdserve simulate --model llama-3.1-70b --prefill 4 --decode 6 --prefill-tp 2 --decode-tp 4 --trace azure_conv --out out/sim
+  pdserve simulate --colocated --decode 8 --workload chat=0.7,reasoning=0.3 --rate 20
+  pdserve simulate --profile profile.json --trace bench_trace.csv --prefill 1 --decode 1   # a small CPU cluster
+  pdserve simulate --validate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from orchestrator.errors import ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from simulations.cli import add_cluster_args, add_workload_args
+    parser = subparsers.add_parser("simulate", help="simulate a cluster on a trace or synthetic workload",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pools = parser.add_argument_group("pools")
+    pools.add_argument("--prefill", type=int, default=1, help="prefill engines (default 1)")
+    pools.add_argument("--decode", type=int, default=1, help="decode engines, or colocated engines with --colocated")
+    pools.add_argument("--prefill-tp", type=int, default=1)
+    pools.add_argument("--decode-tp", type=int, default=1)
+    pools.add_argument("--colocated", action="store_true", help="one colocated pool (the non-disaggregated baseline)")
+    pools.add_argument("--autoscale", action="store_true", help="let the live planner resize the pools")
+    pools.add_argument("--max-gpus", type=int, help="GPU budget for the planner")
+    timing = parser.add_argument_group("step times (default: roofline)")
+    timing.add_argument("--profile", help="measured profile file from `pdserve profile`")
+    timing.add_argument("--coefficients", help="six numbers: prefill a,b,c and decode a,b,c (ms)")
+    timing.add_argument("--kv-tokens", type=int, help="KV capacity per engine in tokens (profile/coefficients timing)")
+    add_workload_args(parser)
+    add_cluster_args(parser)
+    parser.add_argument("--out", help="folder for summary.json, report.md and plots")
+    parser.add_argument("--validate", action="store_true", help="compare the models with Splitwise and InferenceMAX data")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.validate:
+            return _validate(args)
+        return _simulate(args)
+    except ConfigError as exc:
+        print(f"pdserve simulate: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _timing_changes(args: argparse.Namespace) -> dict:
+    if args.profile and args.coefficients:
+        raise ConfigError("give --profile or --coefficients, not both")
+    if args.profile:
+        if not Path(args.profile).exists():
+            raise ConfigError(f"profile file not found: {args.profile}")
+        return {"timing": "profile", "profile": args.profile, "kv_tokens": args.kv_tokens}
+    if args.coefficients:
+        try:
+            values = tuple(float(v) for v in args.coefficients.replace(",", " ").split())
+        except ValueError:
+            raise ConfigError(f"--coefficients must be six numbers, got {args.coefficients!r}") from None
+        if len(values) != 6:
+            raise ConfigError(f"--coefficients needs six numbers (prefill a,b,c, decode a,b,c), got {len(values)}")
+        return {"timing": "coefficients", "coefficients": values, "kv_tokens": args.kv_tokens}
+    return {}
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulations.cli import Progress, base_config, build_workload
+    from simulations.report import write_simulation
+    from simulations.run import simulate
+
+    changes = dict(mode="colocated" if args.colocated else "disaggregated",
+                   num_prefill=0 if args.colocated else args.prefill, num_decode=args.decode,
+                   prefill_tp=args.prefill_tp, decode_tp=args.decode_tp, autoscale=args.autoscale, max_gpus=args.max_gpus,
+                   **_timing_changes(args))
+    config = base_config(args, **changes)
+    workload, name = build_workload(args)
+    progress = Progress(workload[-1].arrival_s, "sim-s", not args.no_progress and len(workload) > 2000)
+    try:
+        summary, _ = simulate(config, workload, on_progress=progress.to)
+    finally:
+        progress.close()
+    _print_summary(summary, name)
+    if args.out:
+        for path in write_simulation(Path(args.out), summary, name):
+            print(f"wrote {path}")
+    return EXIT_OK if summary["num_unfinished"] == 0 else EXIT_FAILED
+
+
+def _print_summary(summary: dict, name: str) -> None:
+    print(f"{summary['label']} on {name}: {summary['num_served']}/{summary['num_requests']} served")
+    print(f"  TTFT ms p50/p90/p99: {summary['ttft_ms_p50']:.1f} / {summary['ttft_ms_p90']:.1f} / {summary['ttft_ms_p99']:.1f}")
+    print(f"  TPOT ms p50/p90/p99: {summary['tpot_ms_p50']:.2f} / {summary['tpot_ms_p90']:.2f} / {summary['tpot_ms_p99']:.2f}")
+    print(f"  tokens/s per MW: {summary['tokens_per_s_per_mw']:,.0f} (input {summary['input_tokens_per_s_per_mw']:,.0f}, "
+          f"output {summary['output_tokens_per_s_per_mw']:,.0f})")
+    print(f"  $/Mtok {summary['usd_per_million_tokens']:.3f}  J/token {summary['j_per_token']:.3f}  "
+          f"goodput {summary['goodput_rps']:.2f} req/s ({summary['slo_attainment']:.1%} within SLO)")
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from simulations.validate import out_of_bounds, validate_all, validation_table
+    result = validate_all()
+    print(validation_table(result))
+    failed = out_of_bounds(result)
+    if failed:
+        print(f"outside the stated bounds: {', '.join(failed)}", file=sys.stderr)
+    if args.out:
+        from simulations.report import write_json
+        path = write_json(Path(args.out) / "validation.json", result)
+        print(f"wrote {path}")
+    return EXIT_FAILED if failed else EXIT_OK

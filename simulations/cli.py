@@ -1,0 +1,124 @@
+"""Arguments shared by `pdserve simulate` and `pdserve plan`, and their conversion to simulator inputs.
+
+Bad input raises ConfigError (the CLI turns it into exit code 2 with the message).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from orchestrator.errors import ConfigError
+from simulations.config import SimConfig
+from simulations.hardware import get_accelerator
+from simulations.models import get_model
+from simulations.request import SimRequest
+from simulations.workloads import BudgetMix, apply_budget_mix, from_trace, parse_mix, synthetic
+
+
+def add_workload_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("workload")
+    group.add_argument("--trace", help="azure_conv, azure_code, mooncake_conversation, mooncake_synthetic, or a .csv/.jsonl path")
+    group.add_argument("--workload", default="chat", help="synthetic mix when no --trace: chat, reasoning, summarisation, "
+                                                         "or weights like chat=0.7,reasoning=0.3 (default: chat)")
+    group.add_argument("--rate", type=float, default=5.0, help="synthetic arrivals per second (default 5)")
+    group.add_argument("--duration", type=float, help="seconds of workload (synthetic default 300; traces: whole trace)")
+    group.add_argument("--rate-scale", type=float, default=1.0, help="multiply the workload's arrival rate")
+    group.add_argument("--limit", type=int, help="use only the first N trace requests")
+    group.add_argument("--spread", type=float, default=0.3, help="coefficient of variation of synthetic lengths")
+    group.add_argument("--thinking-share", type=float, default=0.0, help="share of requests with a long thinking phase")
+    group.add_argument("--thinking-tokens", type=int, default=4096, help="mean thinking tokens of those requests")
+    group.add_argument("--thinking-cap", type=int, default=2048, help="the budget's max_thinking_tokens (0: no cap)")
+    group.add_argument("--seed", type=int, default=0)
+
+
+def add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster and models")
+    group.add_argument("--model", default="llama-3.1-8b", help="model shape (unknown names list the valid ones)")
+    group.add_argument("--accelerator", default="h100-sxm", help="accelerator from hardware.yaml")
+    group.add_argument("--max-num-seqs", type=int, default=256, help="batch limit per engine step")
+    group.add_argument("--max-batched-tokens", type=int, default=8192, help="token limit per engine step")
+    group.add_argument("--ttft-slo-ms", type=float, default=2000.0, help="TTFT target (ms)")
+    group.add_argument("--tpot-slo-ms", type=float, default=100.0, help="time-per-output-token target (ms)")
+    group.add_argument("--slo-percentile", type=float, default=90.0, help="percentile the SLOs apply at")
+    group.add_argument("--power-cap", type=float, default=1.0, help="GPU power cap as a share of board power")
+    group.add_argument("--pue", type=float, default=1.2)
+    group.add_argument("--usd-per-kwh", type=float, default=0.08)
+    group.add_argument("--gpu-hour-usd", type=float, help="GPU price per hour (default by accelerator)")
+    group.add_argument("--transfer-gb-s", type=float, help="KV link bandwidth (default: the GPUs' scale-out NICs)")
+    group.add_argument("--compute-efficiency", type=float, default=0.70, help="roofline: share of peak FLOPs")
+    group.add_argument("--bandwidth-efficiency", type=float, default=0.90, help="roofline: share of HBM bandwidth")
+    group.add_argument("--step-overhead-ms", type=float, default=0.5, help="roofline: fixed cost per step")
+
+
+def base_config(args: argparse.Namespace, **changes: Any) -> SimConfig:
+    """SimConfig from the shared flags (validated: names, SLOs, efficiencies)."""
+    get_model(args.model)
+    get_accelerator(args.accelerator)
+    for name in ("ttft_slo_ms", "tpot_slo_ms"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 < args.slo_percentile <= 100:
+        raise ConfigError(f"--slo-percentile must be in (0, 100], got {args.slo_percentile}")
+    values = dict(model=args.model, accelerator=args.accelerator, max_num_seqs=args.max_num_seqs,
+                  max_batched_tokens=args.max_batched_tokens, ttft_slo_ms=args.ttft_slo_ms, tpot_slo_ms=args.tpot_slo_ms,
+                  slo_percentile=args.slo_percentile, power_cap_fraction=args.power_cap, pue=args.pue,
+                  usd_per_kwh=args.usd_per_kwh, usd_per_gpu_hour=args.gpu_hour_usd, transfer_gb_s=args.transfer_gb_s,
+                  compute_efficiency=args.compute_efficiency, bandwidth_efficiency=args.bandwidth_efficiency,
+                  step_overhead_ms=args.step_overhead_ms)
+    values.update(changes)
+    return validated(values)
+
+
+def validated(values: dict[str, Any]) -> SimConfig:
+    from pydantic import ValidationError
+    try:
+        return SimConfig.model_validate(values)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"invalid simulation settings: {problems}") from None
+
+
+def build_workload(args: argparse.Namespace) -> tuple[list[SimRequest], str]:
+    """The requests and a one-line name of the workload."""
+    if args.rate_scale <= 0:
+        raise ConfigError(f"--rate-scale must be positive, got {args.rate_scale}")
+    budget = BudgetMix(args.thinking_share, args.thinking_tokens, args.thinking_cap or None)
+    if args.trace:
+        requests = from_trace(args.trace, args.rate_scale, args.limit, args.duration)
+        requests = apply_budget_mix(requests, budget, args.seed) if budget.thinking_share else requests
+        name = f"trace {args.trace}" + (f" x{args.rate_scale:g}" if args.rate_scale != 1 else "")
+    else:
+        mix = parse_mix(args.workload)
+        duration = args.duration or 300.0
+        requests = synthetic(mix, args.rate * args.rate_scale, duration, args.spread, budget, args.seed)
+        name = f"synthetic {args.workload} at {args.rate * args.rate_scale:g} req/s for {duration:g} s"
+    if budget.thinking_share:
+        name += f", {budget.thinking_share:.0%} thinking (cap {budget.max_thinking_tokens})"
+    if not requests:
+        raise ConfigError("the workload has no requests (check --limit, --duration, --rate)")
+    return requests, name
+
+
+class Progress:
+    """A tqdm bar over simulated seconds or tasks; silent when disabled."""
+
+    def __init__(self, total: float, unit: str, enabled: bool) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, unit=unit, dynamic_ncols=True, leave=False)
+        self._last = 0.0
+
+    def to(self, value: float) -> None:
+        if self._bar is not None and value > self._last:
+            self._bar.update(value - self._last)
+            self._last = value
+
+    def step(self, count: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(count)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
