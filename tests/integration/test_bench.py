@@ -217,6 +217,22 @@ def test_mooncake_trace_replay_shares_prefixes_and_fits_the_context(servers, tmp
     assert any("clipped" in note or "scaled" in note for note in doc["notes"])
 
 
+@pytest.mark.skipif(not SHARED_TRACES.is_dir(), reason="shared traces not present")
+def test_azure_trace_replay_keeps_lengths_and_clips_to_the_context(servers, tmp_path):
+    from simulations.traces import read_azure_csv
+
+    path = SHARED_TRACES / "azure2023_code.csv"
+    trace = read_azure_csv(path, limit=8)
+    code, doc = _bench(tmp_path, f"127.0.0.1:{servers.http_port}", "--endpoint", "http", "--trace", str(path),
+                       "--num-requests", "8", "--time-scale", "0.01", "--max-output-tokens", "3")
+    assert code == 0
+    sent = sorted(len(p) for p in servers.recorder.prompts)
+    assert sent == sorted(min(r.prompt_tokens, MAX_MODEL_LEN - min(max(r.output_tokens, 1), 3)) for r in trace)
+    assert [r["expected_output_tokens"] for r in doc["requests"]] == [min(max(r.output_tokens, 1), 3) for r in trace]
+    scheduled = [r["scheduled_s"] for r in doc["requests"]]
+    assert scheduled == pytest.approx([r.arrival_s * 0.01 for r in trace], abs=1e-6)
+
+
 def test_ramp_writes_replicas_table_and_plot_and_compares(servers, tmp_path):
     target = f"127.0.0.1:{servers.grpc_port}"
     code, base = _bench(tmp_path, target, "--num-requests", "6", "--rate", "40", "--prompt-tokens", "8",
