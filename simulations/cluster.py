@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from orchestrator.errors import Unavailable
+from orchestrator.errors import ConfigError, Unavailable
 from orchestrator.router import ClusterSnapshot, PrefixIndex, RouteRequest, WorkerLoad, pick
 from simulations.config import SimConfig
 from simulations.engine import Engine
@@ -35,8 +35,8 @@ def build_timing(config: SimConfig, tier: str, power: PowerModel) -> BaseTiming:
         a, b, c, da, db, dc = config.coefficients  # type: ignore[misc]
         return CoefficientTiming(a, b, c, da, db, dc, config.kv_tokens or 1_000_000)
     if config.timing == "profile":
-        from simulations.profiled import ProfileTiming
-        return ProfileTiming.from_file(config.profile, tier=tier, kv_tokens=config.kv_tokens)  # type: ignore[arg-type]
+        raise ConfigError("simulating from a measured profile needs orchestrator.profiles.EngineProfile, which is not "
+                          "in this tree yet; use --coefficients (prefill a,b,c, decode a,b,c ms) fitted to the profile")
     return RooflineTiming(get_model(config.model), get_accelerator(config.accelerator), tp, config.efficiency,
                           prefill_clock=power.clock_factor("prefill"), decode_clock=power.clock_factor("decode"))
 
@@ -64,6 +64,11 @@ class Cluster:
         self.power = PowerModel(accelerator, config.power)
         self.model = get_model(config.model)
         self.timing = {tier: build_timing(config, tier, self.power) for tier in ("prefill", "decode")}
+        for tier, timing in self.timing.items():
+            if timing.kv_capacity_tokens() <= 0 and (tier == "decode" or config.num_prefill):
+                tp = config.prefill_tp if tier == "prefill" else config.decode_tp
+                raise ConfigError(f"{config.model} ({self.model.weight_bytes / 1e9:.0f} GB of weights) leaves no room for "
+                                  f"KV cache on {tp} x {config.accelerator}: raise the {tier} TP degree")
         self.transfer_bytes_per_s = (config.transfer_gb_s * 1e9 if config.transfer_gb_s
                                      else accelerator.scale_out_bytes_per_s * min(config.prefill_tp, config.decode_tp))
         self.router_index = PrefixIndex(config.router.prefix_cache_blocks)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from orchestrator.errors import ConfigError
 from simulations.cluster import Cluster, SimResult
 from simulations.config import SimConfig
 from simulations.metrics import summarize
@@ -27,8 +28,8 @@ def simulate(config: SimConfig, workload: Sequence[SimRequest],
     """Simulate `workload` on the cluster `config` describes; returns (summary fields, raw result)."""
     cluster = Cluster(config, fresh(workload))
     if config.autoscale:
-        from simulations.autoscale import attach_planner
-        attach_planner(cluster)
+        raise ConfigError("autoscaling needs the live planner (orchestrator.planner.decide) and the virtual actuator "
+                          "(orchestrator.actuators.VirtualActuator), which are not in this tree yet")
     result = cluster.run(on_progress=on_progress)
     summary = summarize(result, cluster.power)
     summary["timeline"] = result.timeline
