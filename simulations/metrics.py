@@ -52,9 +52,15 @@ def summarize(result: SimResult, power: PowerModel) -> dict[str, Any]:
     input_tokens = sum(r.prompt_tokens for r in served)
     output_tokens = sum(r.output_tokens for r in served)
     gpu_j = gpu_s = 0.0
+    tier_j, tier_s = {"prefill": 0.0, "decode": 0.0}, {"prefill": 0.0, "decode": 0.0}
     for engine in result.engines:
         j, s = engine_energy_j(engine, power, result.duration_s)
         gpu_j, gpu_s = gpu_j + j, gpu_s + s
+        busy = engine.prefill_busy_s + engine.decode_busy_s
+        share = 1.0 if engine.tier == "prefill" else (engine.prefill_busy_s / busy if engine.tier == "colocated" and busy else 0.0)
+        for tier, part in (("prefill", share), ("decode", 1.0 - share)):
+            tier_j[tier] += j * part
+            tier_s[tier] += s * part
     facility_j = power.facility_j(gpu_j, gpu_s)
     avg_gpus = gpu_s / duration
     megawatts = avg_gpus * power.all_in_kw_per_gpu / 1e3
@@ -92,6 +98,10 @@ def summarize(result: SimResult, power: PowerModel) -> dict[str, Any]:
         "num_events": result.num_events,
         "configuration": config.model_dump(mode="json"),
     }
+    for tier, tokens in (("prefill", input_tokens), ("decode", output_tokens)):  # what orchestrator.budget prices per tier
+        facility = power.facility_j(tier_j[tier], tier_s[tier])
+        summary[f"{tier}_j_per_token"] = facility / tokens if tokens else 0.0
+        summary[f"{tier}_usd_per_token"] = power.cost_usd(facility, tier_s[tier]) / tokens if tokens else 0.0
     summary.update(_percentiles(ttft_ms, "ttft_ms"))
     summary.update(_percentiles(tpot_ms, "tpot_ms"))
     summary.update(_percentiles([(r.finish_s - r.arrival_s) * 1e3 for r in served], "e2e_ms"))
