@@ -189,8 +189,10 @@ def test_rbac_is_namespaced_and_limited_to_the_own_raycluster(render, profile):
     cluster = find_object(objects, "RayCluster")
     name = cluster["metadata"]["name"]
     role = find_object(objects, "Role")
+    # orchestrator/actuators/kuberay.py: get + JSON-patch the RayCluster, list pods to count ready ones.
     assert role["rules"] == [
-        {"apiGroups": ["ray.io"], "resources": ["rayclusters"], "resourceNames": [name], "verbs": ["get", "patch"]}
+        {"apiGroups": ["ray.io"], "resources": ["rayclusters"], "resourceNames": [name], "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     ]
     # KubeRay names the Ray autoscaler's Role after the cluster: ours must not collide with it.
     assert role["metadata"]["name"] != name
@@ -255,7 +257,7 @@ def test_service_monitor_and_dashboard_when_enabled(render):
     assert metrics >= {
         "pdserve_requests_total", "pdserve_ttft_seconds_bucket", "pdserve_itl_seconds_bucket",
         "pdserve_kv_transfer_bytes_total", "pdserve_kv_transfer_seconds_bucket", "pdserve_kv_recompute_total",
-        "pdserve_replicas",
+        "pdserve_planner_actual_replicas", "pdserve_planner_desired_replicas",
     }
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from helmchart import CHART, EXAMPLES, ROOT, find_object, rendered, run_helm, template_args
+from helmchart import CHART, EXAMPLES, NAMESPACE, ROOT, find_object, rendered, run_helm, template_args
 from orchestrator.config import PdserveConfig, load_config
 
 pytestmark = pytest.mark.helm
@@ -193,6 +193,12 @@ def test_configmap_holds_a_config_pdserve_loads(render, values_files, tmp_path):
     assert config.pools.num_prefill == groups["prefill"]["replicas"]
     assert config.pools.num_decode == groups["decode"]["replicas"]
     assert config.server.host == "0.0.0.0"
+    target = config.planner.kubernetes
+    assert (target.namespace, target.raycluster_name) == (NAMESPACE, cluster["metadata"]["name"])
+    assert set(groups) == {target.prefill_group, target.decode_group}
+    for tier in ("prefill", "decode"):
+        limits = config.planner.tier(tier)
+        assert (limits.min_replicas, limits.max_replicas) == (groups[tier]["minReplicas"], groups[tier]["maxReplicas"])
     head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in head["ports"]}
     assert (ports["grpc"], ports["http"]) == (config.server.grpc_port, config.server.http_port)

@@ -51,8 +51,9 @@ app.kubernetes.io/part-of: pdserve
 {{- end }}
 
 {{/*
-The pdserve config the ConfigMap holds: .Values.pdserve, with the pool sizes and GPUs per worker taken
-from the worker groups unless the user set them.
+The pdserve config the ConfigMap holds: .Values.pdserve, with what the chart knows filled in unless the
+user set it: pool sizes and GPUs per worker from the worker groups, the planner's replica limits from
+their minReplicas/maxReplicas, and the Kubernetes actuator's target (this namespace and RayCluster).
 */}}
 {{- define "pdserve.config" -}}
 {{- $config := deepCopy (.Values.pdserve | default dict) }}
@@ -67,6 +68,22 @@ from the worker groups unless the user set them.
 {{- $_ := set $pools "gpus_per_worker" (min (int .Values.prefill.gpus) (int .Values.decode.gpus)) }}
 {{- end }}
 {{- $_ := set $config "pools" $pools }}
+{{- $planner := deepCopy (get $config "planner" | default dict) }}
+{{- $kubernetes := deepCopy (get $planner "kubernetes" | default dict) }}
+{{- $target := dict "namespace" .Release.Namespace "raycluster_name" (include "pdserve.fullname" .) "prefill_group" "prefill" "decode_group" "decode" "in_cluster" true }}
+{{- $_ := set $planner "kubernetes" (merge $kubernetes $target) }}
+{{- range $tier := list "prefill" "decode" }}
+{{- $limits := deepCopy (get $planner $tier | default dict) }}
+{{- $group := index $.Values $tier }}
+{{- if not (hasKey $limits "min_replicas") }}
+{{- $_ := set $limits "min_replicas" (int $group.minReplicas) }}
+{{- end }}
+{{- if not (hasKey $limits "max_replicas") }}
+{{- $_ := set $limits "max_replicas" (int $group.maxReplicas) }}
+{{- end }}
+{{- $_ := set $planner $tier $limits }}
+{{- end }}
+{{- $_ := set $config "planner" $planner }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -121,16 +138,6 @@ from the worker groups unless the user set them.
   value: "1"
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
-- name: PDSERVE_RAYCLUSTER_NAME
-  value: {{ include "pdserve.fullname" . | quote }}
-- name: PDSERVE_NAMESPACE
-  valueFrom:
-    fieldRef:
-      fieldPath: metadata.namespace
-- name: PDSERVE_POD_IP
-  valueFrom:
-    fieldRef:
-      fieldPath: status.podIP
 {{- end }}
 
 {{/* Writable places under a read-only root filesystem: /tmp (Ray's session dir), $HOME (vLLM, Triton,
