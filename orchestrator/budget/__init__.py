@@ -17,7 +17,7 @@ May import `orchestrator.config`, `orchestrator.request`, `orchestrator.errors`,
 from orchestrator.budget.admission import Admission, AdmissionRequest, admit, compute_prefill_charge, resolve_budget
 from orchestrator.budget.meter import PHASES, BudgetMeter, Verdict, charge
 from orchestrator.budget.quotas import QueueEntry, TenantQuotas, TokenBucket, order, order_with_config
-from orchestrator.budget.thinking import Ban, Force, ThinkingController, ThinkingTracker
+from orchestrator.budget.thinking import Ban, Force, ThinkingController, ThinkingTracker, starts_in_thinking
 
 __all__ = [
     "PHASES",
@@ -38,4 +38,5 @@ __all__ = [
     "order",
     "order_with_config",
     "resolve_budget",
+    "starts_in_thinking",
 ]

@@ -1,7 +1,7 @@
 """Per-request budget accounting: every generated token is charged before the client sees it.
 
 Life of a meter (one per admitted request; the gateway and the simulator drive it the same way):
-1. `BudgetMeter(admission, think_start_ids, think_end_ids, now_s)`: starts in the `queue` phase with
+1. `BudgetMeter(admission, think_start_ids, think_end_ids, prompt_ids=..., now_s=...)`: starts in the `queue` phase with
    the prefill charge (computed prompt tokens x prefill price and energy) already counted.
 2. `enter(phase, now_s)` as the request moves: `prefill`, `transfer`, `decode` (for the usage times);
    `observe_cached(n)` once the router knows how much of the prompt a cache held (cheaper prefill).
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.budget.admission import Admission, compute_prefill_charge
-from orchestrator.budget.thinking import ThinkingTracker
+from orchestrator.budget.thinking import ThinkingTracker, starts_in_thinking
 from orchestrator.request import FinishReason, Usage
 
 PHASES = ("queue", "prefill", "transfer", "decode")
@@ -56,10 +56,14 @@ class BudgetMeter:
     """One request's running account against its effective budget."""
 
     def __init__(self, admission: Admission, think_start_ids: Sequence[int], think_end_ids: Sequence[int],
-                 *, now_s: float | None = None) -> None:
+                 *, prompt_ids: Sequence[int] | None = None, now_s: float | None = None) -> None:
+        """`prompt_ids` (optional): a prompt ending with the start delimiter starts in thinking even
+        without `budget.start_thinking`, as the engine-side processor decides. `now_s`: when the
+        queue phase began (default: admission time)."""
         self.admission = admission
         self.budget = admission.budget
-        self.tracker = ThinkingTracker(think_start_ids, think_end_ids, thinking=admission.budget.start_thinking)
+        thinking = starts_in_thinking(prompt_ids, think_start_ids, admission.budget.start_thinking)
+        self.tracker = ThinkingTracker(think_start_ids, think_end_ids, thinking=thinking)
         self.num_cached_tokens = admission.num_cached_tokens
         self.num_output_tokens = 0
         self.decode_cost_usd = 0.0

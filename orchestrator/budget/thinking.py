@@ -34,6 +34,15 @@ def _match_len(tail: Sequence[int], delimiter: Sequence[int], limit: int) -> int
     return 0
 
 
+def starts_in_thinking(prompt_ids: Sequence[int] | None, start_ids: Sequence[int], start_thinking: bool) -> bool:
+    """Whether generation begins inside a thinking span: the request asked for it (`start_thinking`,
+    the prompt then ends with the start delimiter) or the prompt ends with the start delimiter anyway
+    (a chat template that opens the span itself)."""
+    if start_thinking:
+        return True
+    return bool(prompt_ids) and len(prompt_ids) >= len(start_ids) and list(prompt_ids[-len(start_ids):]) == list(start_ids)
+
+
 class ThinkingTracker:
     """Incremental count of thinking tokens over one request's generated tokens."""
 

@@ -32,7 +32,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from orchestrator.budget.thinking import Ban, Force, ThinkingController
+from orchestrator.budget.thinking import Ban, Force, ThinkingController, starts_in_thinking
 from orchestrator.request import Budget
 
 if TYPE_CHECKING:
@@ -95,17 +95,15 @@ class _Row:
 
 
 def _controller(args: dict[str, Any], prompt_ids: Sequence[int] | None, stop_ids: set[int]) -> ThinkingController:
-    start_ids = list(args["start_ids"])
-    prompt_tail = list(prompt_ids[-len(start_ids):]) if prompt_ids else []
     return ThinkingController(
-        start_ids,
+        args["start_ids"],
         args["end_ids"],
         max_thinking_tokens=args.get("max_thinking_tokens"),
         min_thinking_tokens=args.get("min_thinking_tokens"),
         wait_ids=args.get("wait_ids", ()),
         close_prefix_ids=args.get("close_prefix_ids", ()),
         stop_ids=stop_ids,
-        thinking=bool(args.get("start_thinking")) or prompt_tail == start_ids,
+        thinking=starts_in_thinking(prompt_ids, args["start_ids"], bool(args.get("start_thinking"))),
     )
 
 

@@ -200,3 +200,12 @@ def test_no_request_exceeds_any_dimension_of_its_budget(budget, num_prompt_token
             assert end_s <= admission.deadline_s + max(step_ms / 1000 * chunk, prefill_ms / 1000)
     assert meter.finished
     event(f"finish={meter.finish_reason.value} forces={engine_forces}")
+
+
+def test_a_prompt_ending_with_the_start_delimiter_starts_in_thinking_as_in_the_engine():
+    meter = BudgetMeter(make_admission(Budget()), START, END, prompt_ids=[1, 2, *START])
+    charge(meter, [5, 6, *END, 7], 0.1)
+    assert meter.usage.thinking_tokens == 2
+    meter = BudgetMeter(make_admission(Budget()), START, END, prompt_ids=[1, 2, START[0]])
+    charge(meter, [5, 6, *END, 7], 0.1)
+    assert meter.usage.thinking_tokens == 0
