@@ -333,7 +333,9 @@ def fit_decode(points: Sequence[DecodePoint], source: str = "profile") -> Decode
 
 
 def _fit_nonnegative(x: np.ndarray, y: np.ndarray, phase: str, source: str) -> tuple[float, float, float]:
-    """Least squares with every coefficient >= 0 (a step never gets faster with more work).
+    """Least squares of the relative error with every coefficient >= 0 (a step never gets faster with
+    more work). Relative, because measured times span orders of magnitude: absolute residuals would let
+    the longest steps decide the fit and leave short prompts badly predicted.
 
     With three unknowns the exact answer is the best of the unconstrained fits over every subset of the
     terms that comes out non-negative (the NNLS optimum is such a fit on its support).
@@ -342,6 +344,7 @@ def _fit_nonnegative(x: np.ndarray, y: np.ndarray, phase: str, source: str) -> t
         raise ConfigError(f"{source}: the {phase} points cannot determine the step-time model "
                           f"(vary {'the prompt length' if phase == 'prefill' else 'both batch size and context'} "
                           f"over at least {MIN_POINTS} distinct values)")
+    x, y = x / y[:, None], np.ones_like(y)  # rows weighted by 1/time: relative residuals
     scale = np.abs(x).max(axis=0)  # columns span 1 .. 1e7: scale for a well-conditioned solve
     xs = x / scale
     best: tuple[float, np.ndarray] | None = None

@@ -83,6 +83,10 @@ class PlannerConfig(ConfigModel):
     backlog_drain_s: float = Field(
         30.0, gt=0, description="Queued requests are planned to be worked off within this time, on top of new arrivals."
     )
+    scale_down_margin: float = Field(
+        0.2, ge=0, le=2, description="A tier shrinks only to a size that would still carry (1 + margin) x the planned load "
+        "(the deadband against flapping)."
+    )
     correction_min: float = Field(0.5, gt=0, le=1, description="Lowest observed/predicted latency correction factor.")
     correction_max: float = Field(3.0, ge=1, description="Highest observed/predicted latency correction factor.")
     correction_alpha: float = Field(

@@ -1,7 +1,8 @@
 """Hysteresis, cooldowns, replica limits and the power budget: from what a tier needs to what it gets.
 
 Scale up fast, down slowly: a tier grows to its need at once (unless it changed less than
-`scale_up_cooldown_s` ago); it shrinks only after its need stayed below its size for a whole
+`scale_up_cooldown_s` ago); it shrinks only when its need *with the scale-down margin* (the need at
+(1 + scale_down_margin) x the load: a deadband) is below its size, after that stayed so for a whole
 `scale_down_window_s` (to the highest need seen in that window, like Kubernetes' HPA stabilization
 window), at least `scale_down_cooldown_s` after its last change, and by at most `scale_down_max_step`.
 Pure functions over a small frozen state per tier.
@@ -47,9 +48,10 @@ def clamp_need(need: int, limits: TierPlannerConfig) -> tuple[int, str | None, s
     return need, None, None
 
 
-def apply_hysteresis(need: int, state: TierState, now_s: float, limits: TierPlannerConfig) -> TierStep:
-    """Decide one tier's replicas from its (clamped) need. Returns the count, what was done and why,
-    and the tier's next state (the correction factor is carried over unchanged)."""
+def apply_hysteresis(need: int, need_down: int, state: TierState, now_s: float, limits: TierPlannerConfig) -> TierStep:
+    """Decide one tier's replicas from its (clamped) need, and the need with the scale-down margin
+    (`need_down` >= `need`: what the tier may shrink to). Returns the count, what was done and why, and
+    the tier's next state (the correction factor is carried over unchanged)."""
     current = state.desired
     since_change = None if state.last_change_s is None else now_s - state.last_change_s
     if need > current:
@@ -59,9 +61,10 @@ def apply_hysteresis(need: int, state: TierState, now_s: float, limits: TierPlan
                             replace(state, below_since_s=None, below_peak=0))
         return TierStep(need, "scale_up", f"scale up {current} -> {need}",
                         replace(state, desired=need, last_change_s=now_s, below_since_s=None, below_peak=0))
-    if need == current:
-        return TierStep(current, "hold", f"hold at {current}", replace(state, below_since_s=None, below_peak=0))
-    return _maybe_scale_down(need, state, now_s, limits, since_change)
+    if need_down >= current:
+        why = f"hold at {current}" + (f" (need {need}, {need_down} with the scale-down margin)" if need < current else "")
+        return TierStep(current, "hold", why, replace(state, below_since_s=None, below_peak=0))
+    return _maybe_scale_down(need_down, state, now_s, limits, since_change)
 
 
 def _maybe_scale_down(need: int, state: TierState, now_s: float, limits: TierPlannerConfig,

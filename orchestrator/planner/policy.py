@@ -140,8 +140,8 @@ def decide(
     prefill_need, prefill_reasons, prefill_state = _plan_prefill(obs, profiles.prefill, slo, state.prefill, rate, config)
     decode_need, decode_reasons, decode_state = _plan_decode(obs, profiles.decode, slo, state.decode, rate, config)
     steps = {
-        "prefill": _limit_tier(prefill_need.num_replicas, prefill_state, obs.now_s, config, "prefill"),
-        "decode": _limit_tier(decode_need.num_replicas, decode_state, obs.now_s, config, "decode"),
+        "prefill": _limit_tier(prefill_need, prefill_state, obs.now_s, config, "prefill"),
+        "decode": _limit_tier(decode_need, decode_state, obs.now_s, config, "decode"),
     }
     num_prefill, num_decode, power_reason = fit_power_budget(steps["prefill"].num_replicas, steps["decode"].num_replicas, config)
     final = {"prefill": num_prefill, "decode": num_decode}
@@ -159,9 +159,9 @@ def decide(
         num_prefill=num_prefill, num_decode=num_decode,
         prefill_action=actions["prefill"], decode_action=actions["decode"],
         prefill_reasons=tuple(reasons["prefill"]), decode_reasons=tuple(reasons["decode"]),
-        prefill_needed=prefill_need.num_replicas, decode_needed=decode_need.num_replicas,
-        prefill_predicted_ttft_ms=getattr(prefill_need.estimate, "ttft_ms", None),
-        decode_predicted_itl_ms=getattr(decode_need.estimate, "itl_ms", None),
+        prefill_needed=prefill_need.sizing.num_replicas, decode_needed=decode_need.sizing.num_replicas,
+        prefill_predicted_ttft_ms=getattr(prefill_need.sizing.estimate, "ttft_ms", None),
+        decode_predicted_itl_ms=getattr(decode_need.sizing.estimate, "itl_ms", None),
         planned_rate_per_s=rate, power_estimate_w=compute_power_w(num_prefill, num_decode, config),
         power_limited=power_reason is not None, now_s=obs.now_s,
         next_state=PlannerState(states["prefill"], states["decode"], forecast_state),
@@ -171,16 +171,29 @@ def decide(
 # --- 2 and 3: correction and sizing, per tier ------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Need:
+    """A tier's sizing at the planned load, and its count at (1 + scale_down_margin) x that load."""
+
+    sizing: Sizing
+    num_down: int
+
+
 def _plan_prefill(obs: Observations, profile: EngineProfile, slo: SLOConfig, tier: TierState, rate: float,
-                  config: PlannerConfig) -> tuple[Sizing, list[str], TierState]:
-    """Size the prefill tier. Returns the sizing, its reasons and the tier state with the new correction."""
+                  config: PlannerConfig) -> tuple[_Need, list[str], TierState]:
+    """Size the prefill tier. Returns the need, its reasons and the tier state with the new correction."""
     prompts = obs.prompt_tokens.scaled(1.0 - obs.prefill_cached_fraction)
     predicted = None
     if obs.num_prefill > 0 and obs.arrival_rate_per_s > 0:
         predicted = compute_prefill_estimate(obs.num_prefill, obs.arrival_rate_per_s, prompts, profile, slo.percentile).ttft_ms
     correction, reasons = _correct(tier, obs.prefill_ttft_ms, predicted, obs.num_prefill == tier.desired, "TTFT", slo, config)
     load = rate + obs.prefill_queue_depth / config.backlog_drain_s
-    sizing = compute_prefill_replicas(load, prompts, profile, slo.ttft_ms, slo.percentile, config.max_utilization, correction)
+    def size(rate_per_s: float) -> Sizing:
+        return compute_prefill_replicas(rate_per_s, prompts, profile, slo.ttft_ms, slo.percentile,
+                                        config.max_utilization, correction)
+
+    sizing = size(load)
+    num_down = size(load * (1.0 + config.scale_down_margin)).num_replicas
     est, pct = sizing.estimate, f"p{slo.percentile:g}"
     if obs.prefill_queue_depth:
         reasons.append(f"{obs.prefill_queue_depth} prompts queued, to be worked off within {config.backlog_drain_s:g} s")
@@ -194,12 +207,12 @@ def _plan_prefill(obs: Observations, profile: EngineProfile, slo: SLOConfig, tie
         reasons.append(f"SLO out of reach: the {pct} prompt ({prompts.quantile(slo.percentile / 100):.0f} tokens) alone "
                        f"takes {est.service_ms:.0f} ms > {slo.ttft_ms:g} ms; {sizing.num_replicas} workers keep them "
                        f"{est.utilization:.0%} busy (max {config.max_utilization:.0%})")
-    return sizing, reasons, replace(tier, correction=correction)
+    return _Need(sizing, num_down), reasons, replace(tier, correction=correction)
 
 
 def _plan_decode(obs: Observations, profile: EngineProfile, slo: SLOConfig, tier: TierState, rate: float,
-                 config: PlannerConfig) -> tuple[Sizing, list[str], TierState]:
-    """Size the decode tier. Returns the sizing (raised to the KV floor), its reasons and the tier state
+                 config: PlannerConfig) -> tuple[_Need, list[str], TierState]:
+    """Size the decode tier. Returns the need (raised to the KV floor), its reasons and the tier state
     with the new correction."""
     predicted = None
     if obs.num_decode > 0 and obs.arrival_rate_per_s > 0:
@@ -207,8 +220,12 @@ def _plan_decode(obs: Observations, profile: EngineProfile, slo: SLOConfig, tier
                                             obs.output_tokens, profile, slo.percentile).itl_ms
     correction, reasons = _correct(tier, obs.decode_itl_ms, predicted, obs.num_decode == tier.desired, "ITL", slo, config)
     load = rate + obs.decode_queue_depth / config.backlog_drain_s
-    sizing = compute_decode_replicas(load, obs.prompt_tokens, obs.output_tokens, profile, slo.itl_ms, slo.percentile,
-                                     config.max_utilization, correction)
+    def size(rate_per_s: float) -> Sizing:
+        return compute_decode_replicas(rate_per_s, obs.prompt_tokens, obs.output_tokens, profile, slo.itl_ms,
+                                       slo.percentile, config.max_utilization, correction)
+
+    sizing = size(load)
+    num_down = size(load * (1.0 + config.scale_down_margin)).num_replicas
     est, pct = sizing.estimate, f"p{slo.percentile:g}"
     if obs.decode_queue_depth:
         reasons.append(f"{obs.decode_queue_depth} requests wait for a decode slot, to be worked off within "
@@ -227,7 +244,8 @@ def _plan_decode(obs: Observations, profile: EngineProfile, slo: SLOConfig, tier
             reasons.append(f"KV cache {obs.decode_kv_usage:.0%} full on {obs.num_decode} workers: keep at least "
                            f"{kv_floor} (max {config.max_utilization:.0%} each)")
             sizing = replace(sizing, num_replicas=kv_floor, limit="kv")
-    return sizing, reasons, replace(tier, correction=correction)
+        num_down = max(num_down, kv_floor)
+    return _Need(sizing, num_down), reasons, replace(tier, correction=correction)
 
 
 def _correct(tier: TierState, observed_ms: float | None, predicted_ms: float | None, stable: bool, metric: str,
@@ -250,12 +268,13 @@ def _correct(tier: TierState, observed_ms: float | None, predicted_ms: float | N
 # --- 4: limits -------------------------------------------------------------------------------------------
 
 
-def _limit_tier(need: int, tier: TierState, now_s: float, config: PlannerConfig, name: str) -> TierStep:
+def _limit_tier(need: _Need, tier: TierState, now_s: float, config: PlannerConfig, name: str) -> TierStep:
     """Clamp the need to the tier's limits and apply hysteresis. The result stays in the limits even when
     the previous size was outside them (a config change)."""
     limits = config.tier(name)
-    clamped, clamp_action, clamp_reason = clamp_need(need, limits)
-    step = apply_hysteresis(clamped, tier, now_s, limits)
+    clamped, clamp_action, clamp_reason = clamp_need(need.sizing.num_replicas, limits)
+    clamped_down, _, _ = clamp_need(need.num_down, limits)
+    step = apply_hysteresis(clamped, max(clamped, clamped_down), tier, now_s, limits)
     bounded = min(max(step.num_replicas, limits.min_replicas), limits.max_replicas)
     if bounded != step.num_replicas:
         action = "min_replicas" if bounded == limits.min_replicas else "max_replicas"

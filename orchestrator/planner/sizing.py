@@ -2,14 +2,15 @@
 
 Pure computations (no state, no I/O). Both tiers plan on distributions, not means.
 
-Prefill (one queue per worker, requests spread evenly, prompts computed one at a time):
+Prefill (the router sends each prompt to the worker with the least queued prompt work, so the pool
+behaves like one queue served by n workers: M/G/n):
 - service time S(L) = k * (a + b*L + c*L^2) ms for a prompt of L tokens (k: correction factor);
-- per-worker arrival rate lam = (rate + backlog / drain_s) / n; utilization rho = lam * E[S];
-- mean wait (Pollaczek-Khinchine, M/G/1): E[W] = lam * E[S^2] / (2 * (1 - rho));
-- wait tail (exact for M/M/1, the usual approximation for M/G/1): P(W > t) = rho * exp(-rho * t / E[W]),
-  so W_p = E[W] / rho * ln(rho / (1 - p)) when rho > 1 - p, else 0;
+- offered load A = lam * E[S] (lam = rate + backlog / drain_s), utilization rho = A / n;
+- probability of waiting: Erlang C(n, A); squared coefficient of variation cs2 = E[S^2] / E[S]^2 - 1;
+- wait tail (Allen-Cunneen: M/M/n scaled by (1 + cs2) / 2): P(W > t) = C * exp(-(n/E[S] - lam) * t * 2 / (1 + cs2)),
+  so W_p = ln(C / (1 - p)) * (1 + cs2) / (2 * (n/E[S] - lam)) when C > 1 - p, else 0;
 - TTFT_p = W_p + S(L_p), L_p the prompt length at the percentile. Because S grows faster than L and
-  E[S^2] weighs the long prompts, a skewed length distribution needs more workers than its mean says.
+  a skewed distribution has a large cs2, it needs more workers than its mean length says.
 
 Decode (continuous batching, Little's law):
 - a decoding request's context averages E[P] + E[O^2] / (2 E[O]) (long outputs hold their slot longer);
@@ -99,13 +100,30 @@ class _PrefillLoad:
         return cls(float(service @ probs), float(service**2 @ probs), tail, p)
 
     def at(self, num_replicas: int, rate_per_s: float) -> PrefillEstimate:
-        lam_per_ms = rate_per_s / num_replicas / 1000.0
-        rho = lam_per_ms * self.mean_ms
+        lam_per_ms = rate_per_s / 1000.0
+        offered = lam_per_ms * self.mean_ms
+        rho = offered / num_replicas
         if rho >= 1.0:
             return PrefillEstimate(num_replicas, rho, math.inf, self.tail_ms, math.inf)
-        mean_wait = lam_per_ms * self.second_ms2 / (2.0 * (1.0 - rho))
-        wait = mean_wait / rho * math.log(rho / (1.0 - self.p)) if rho > 1.0 - self.p else 0.0
+        wait_probability = compute_erlang_c(num_replicas, offered)
+        if wait_probability <= 1.0 - self.p:
+            return PrefillEstimate(num_replicas, rho, 0.0, self.tail_ms, self.tail_ms)
+        cs2 = max(self.second_ms2 / self.mean_ms**2 - 1.0, 0.0)
+        drain_per_ms = num_replicas / self.mean_ms - lam_per_ms
+        wait = math.log(wait_probability / (1.0 - self.p)) * (1.0 + cs2) / (2.0 * drain_per_ms)
         return PrefillEstimate(num_replicas, rho, wait, self.tail_ms, wait + self.tail_ms)
+
+
+def compute_erlang_c(servers: int, offered_load: float) -> float:
+    """Probability that an arrival waits in an M/M/`servers` queue with `offered_load` erlangs (< servers).
+
+    Erlang B by its stable recursion, then C = B / (1 - rho * (1 - B)).
+    """
+    blocking = 1.0
+    for k in range(1, servers + 1):
+        blocking = offered_load * blocking / (k + offered_load * blocking)
+    rho = offered_load / servers
+    return blocking / (1.0 - rho * (1.0 - blocking))
 
 
 def compute_prefill_replicas(
