@@ -190,6 +190,14 @@ def _head() -> Schema:
         "cpu": _quantity("CPU of the head pod (requests = limits)."),
         "memory": _quantity("Memory of the head pod (requests = limits), e.g. 16Gi."),
         "gpus": _int(0, "nvidia.com/gpu of the head pod (0: none; the head runs no engine)."),
+        "extraVolumes": {"type": "array", "items": _obj({"name": _str("Volume name.", minLength=1)}, "", ["name"]) | {
+            # name plus one volume source (secret, configMap, persistentVolumeClaim, ...), an object.
+            "additionalProperties": {"type": "object"}, "description": "A Kubernetes volume."},
+            "description": "Extra volumes of the head pod, e.g. a Secret holding TLS files or API keys."},
+        "extraVolumeMounts": {"type": "array", "items": _obj({
+            "name": _str("Volume name.", minLength=1), "mountPath": _str("Where.", pattern="^/"),
+            "readOnly": _bool("Mount read-only."), "subPath": _str("Sub-path in the volume."),
+        }, "A volume mount.", ["name", "mountPath"]), "description": "Mounts of extraVolumes in the pdserve container."},
         **_pod_placement("head"),
     }, "The Ray head pod: controller, gRPC and HTTP APIs, planner.")
 

@@ -283,3 +283,16 @@ def test_notes_tell_how_to_reach_the_apis(helm, tmp_path):
     assert f"port-forward svc/{RELEASE}-pdserve-http 8000:8000" in text
     assert f"port-forward svc/{RELEASE}-pdserve-grpc 50051:50051" in text
     assert "/v1/chat/completions" in text
+
+
+def test_head_mounts_extra_volumes_for_tls_and_api_keys(render, raycluster_schema):
+    result = render(sets=(
+        "head.extraVolumes[0].name=tls", "head.extraVolumes[0].secret.secretName=pdserve-tls",
+        "head.extraVolumeMounts[0].name=tls", "head.extraVolumeMounts[0].mountPath=/etc/pdserve-tls",
+        "head.extraVolumeMounts[0].readOnly=true",
+    ))
+    cluster = find_object(rendered(result), "RayCluster")
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "pdserve-tls"}} in head["volumes"]
+    assert {"name": "tls", "mountPath": "/etc/pdserve-tls", "readOnly": True} in head["containers"][0]["volumeMounts"]
+    assert not list(jsonschema.Draft7Validator(raycluster_schema).iter_errors(cluster))
