@@ -29,6 +29,7 @@ from orchestrator.planner.policy import TIERS, ScalingDecision
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayclusters"
 JSON_PATCH = "application/json-patch+json"
 RETRY_STATUSES = (409, 422)  # conflict; a `test` op failed (the groups moved)
+REQUEST_TIMEOUT_S = 10.0  # one API call; the planner loop tries again at its next decision
 
 
 class KubernetesActuator(BaseActuator):
@@ -103,15 +104,16 @@ class KubernetesActuator(BaseActuator):
     def _observe_sync(self) -> dict[str, int]:
         counts = {}
         for tier in TIERS:
-            selector = f"ray.io/cluster={self.config.raycluster_name},ray.io/group={self._groups[tier]}"
+            labels = {"ray.io/cluster": self.config.raycluster_name, "ray.io/group": self._groups[tier]}
+            selector = ",".join(f"{key}={value}" for key, value in labels.items())
             pods = self._call(self._core.list_namespaced_pod, self.config.namespace, label_selector=selector)
-            counts[tier] = sum(1 for pod in pods.items if _pod_ready(pod))
+            counts[tier] = sum(1 for pod in pods.items if _has_labels(pod, labels) and _pod_ready(pod))
         return counts
 
     def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         """Call the API; convert its failures at this boundary (404 on the RayCluster is the config's fault)."""
         try:
-            return method(*args, **kwargs)
+            return method(*args, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
         except ApiException as exc:
             if exc.status == 404:
                 raise ConfigError(f"RayCluster {self._where()} not found (or the ray.io/v1 CRD is not installed): "
@@ -123,6 +125,12 @@ class KubernetesActuator(BaseActuator):
 
     def _where(self) -> str:
         return f"{self.config.namespace}/{self.config.raycluster_name}"
+
+
+def _has_labels(pod: k8s.V1Pod, labels: dict[str, str]) -> bool:
+    """Checked again here: the selector is applied by the server, but a proxy or emulator may ignore it."""
+    have = (pod.metadata.labels if pod.metadata is not None else None) or {}
+    return all(have.get(key) == value for key, value in labels.items())
 
 
 def _pod_ready(pod: k8s.V1Pod) -> bool:
