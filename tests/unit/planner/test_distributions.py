@@ -53,7 +53,7 @@ def test_bimodal_prompts_mean_plan_misses_the_slo_and_ours_meets_it(profile):
 
 
 def test_planner_decision_on_the_same_mix_carries_the_tail_in_its_reason(profile):
-    from conftest import drive, load, make_config
+    from planner_scenarios import drive, load, make_config
 
     prompts = LengthDistribution((64.0, 1024.0), (0.85, 0.15))
     decision = drive([load(10.0, prompts, 32)], profile, make_config())[0]

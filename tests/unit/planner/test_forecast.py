@@ -5,7 +5,7 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.planner import ConstantForecaster, EwmaForecaster, ForecastState, HoltForecaster, make_forecaster
-from conftest import make_config
+from planner_scenarios import make_config
 
 
 def run(forecaster, series, interval_s=10.0):

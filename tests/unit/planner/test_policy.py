@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import INTERVAL_S, counts, drive, load, make_config
+from planner_scenarios import INTERVAL_S, counts, drive, load, make_config
 from orchestrator.config.planner import PlannerConfig
 from orchestrator.planner import (
     ACTIONS,
