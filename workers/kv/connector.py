@@ -1,0 +1,287 @@
+"""pdserve's vLLM KV connector: push a prompt's KV from the prefill engine to the decode engine.
+
+Loaded by vLLM from `KVTransferConfig(kv_connector="PdserveConnector",
+kv_connector_module_path="workers.kv.connector", kv_role="kv_both",
+kv_load_failure_policy="recompute", kv_connector_extra_config={...})`. vLLM makes two instances per
+engine: one on the scheduler side (decides what moves, builds per-step metadata) and one on the worker
+side (moves bytes). On the CPU build both live in the EngineCore process.
+
+Per request, `SamplingParams.extra_args["kv_transfer_params"]["pdserve"]` says what to do:
+- `{"role": "push", "transfer_id", "endpoint", "num_prompt_tokens"}` on the prefill engine: every
+  forward step that computes prompt tokens sends, layer by layer from inside the forward pass
+  (`save_kv_layer`), the blocks covering the newly computed tokens (all prompt blocks from token 0 the
+  first time, so blocks from the prefill engine's own prefix cache travel too).
+- `{"role": "receive", "transfer_id", "num_prompt_tokens"}` on the decode engine: the scheduler is told
+  those tokens load asynchronously; their blocks are allocated, the request waits while frames are
+  written into them, and runs once every layer has arrived. A checksum mismatch, a sender abort or a
+  timeout reports the request in `failed_recving`: vLLM then recomputes the prompt locally (policy
+  "recompute"), so the request still succeeds.
+
+Engine-level settings (`kv_connector_extra_config`): `host`, `zmq_port`, `grpc_port` (where this engine
+receives; the worker actor picks them), `timeout_s`, `transport` (`zmq` | `grpc`: how this engine sends),
+`worker_id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+    KVConnectorTransferResults,
+)
+
+from workers.kv.assembler import TransferAssembler
+from workers.kv.transport import KVTransferService, ZmqReceiver, make_sender, serve_kv_service
+from workers.kv.wire import Header
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.forward_context import ForwardContext
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.outputs import KVConnectorOutput
+    from vllm.v1.request import Request
+
+log = logging.getLogger(__name__)
+
+PARAMS_KEY = "pdserve"
+
+
+@dataclass(frozen=True)
+class SendSpec:
+    transfer_id: str
+    endpoint: str
+    block_ids: list[int]  # the blocks covering [token_start, token_end), in prompt order
+    token_start: int
+    token_end: int
+    num_prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class RecvSpec:
+    transfer_id: str
+    request_id: str
+    block_ids: list[int]
+    local_tokens: int
+    num_prompt_tokens: int
+
+
+@dataclass
+class PdserveConnectorMetadata(KVConnectorMetadata):
+    sends: list[SendSpec] = field(default_factory=list)
+    recvs: list[RecvSpec] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _PushState:
+    transfer_id: str
+    endpoint: str
+    num_prompt_tokens: int
+    block_ids: list[int] = field(default_factory=list)
+    sent_until: int = 0
+
+
+def transfer_params(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pdserve part of a request's kv_transfer_params, or None."""
+    params = (extra_args or {}).get("kv_transfer_params") or {}
+    return params.get(PARAMS_KEY)
+
+
+class PdserveConnector(KVConnectorBase_V1):
+    def __init__(self, vllm_config: VllmConfig, role: KVConnectorRole, kv_cache_config: KVCacheConfig | None = None):
+        super().__init__(vllm_config, role, kv_cache_config)
+        self._block_size = vllm_config.cache_config.block_size
+        extra = self._kv_transfer_config.kv_connector_extra_config or {}
+        self._extra = extra
+        # scheduler side
+        self._pushes: dict[str, _PushState] = {}
+        self._new_recvs: list[RecvSpec] = []
+        self._waiting_recv: set[str] = set()
+        self._cancelled: list[str] = []
+        # worker side
+        self._assembler: TransferAssembler | None = None
+        self._layer_index: dict[str, int] = {}
+        self._layer_views: list[torch.Tensor] = []
+        self._sender = None
+        self._receivers: list[Any] = []
+
+    # ============================== scheduler side ==============================================
+    def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int) -> tuple[int | None, bool]:
+        """Scheduler: a `receive` request loads its prompt's KV asynchronously from the transfer."""
+        params = transfer_params(request.sampling_params.extra_args if request.sampling_params else None)
+        if not params or params.get("role") != "receive":
+            return 0, False
+        count = int(params["num_prompt_tokens"]) - num_computed_tokens
+        return (count, True) if count > 0 else (0, False)
+
+    def update_state_after_alloc(self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int) -> None:
+        """Scheduler: blocks for a `receive` request exist now; tell the worker side where frames go."""
+        if num_external_tokens <= 0:
+            return
+        params = transfer_params(request.sampling_params.extra_args if request.sampling_params else None)
+        if not params or params.get("role") != "receive":
+            return
+        num_prompt_tokens = int(params["num_prompt_tokens"])
+        self._new_recvs.append(RecvSpec(
+            transfer_id=params["transfer_id"], request_id=request.request_id,
+            block_ids=list(blocks.get_block_ids()[0]), local_tokens=num_prompt_tokens - num_external_tokens,
+            num_prompt_tokens=num_prompt_tokens))
+        self._waiting_recv.add(request.request_id)
+
+    def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
+        """Scheduler: this step's sends (per pushed request, the blocks it computes now) and receives."""
+        meta = PdserveConnectorMetadata(recvs=self._new_recvs, cancelled=self._cancelled)
+        self._new_recvs, self._cancelled = [], []
+        scheduled = scheduler_output.num_scheduled_tokens
+        for new in scheduler_output.scheduled_new_reqs:
+            params = transfer_params(new.sampling_params.extra_args if new.sampling_params else None)
+            if not params or params.get("role") != "push":
+                continue
+            state = _PushState(params["transfer_id"], params["endpoint"], int(params["num_prompt_tokens"]),
+                               list(new.block_ids[0]))
+            self._pushes[new.req_id] = state
+            self._emit(meta, state, new.num_computed_tokens + scheduled.get(new.req_id, 0))
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            state = self._pushes.get(req_id)
+            if state is None or state.sent_until >= state.num_prompt_tokens:
+                continue
+            new_blocks = cached.new_block_ids[i]
+            if req_id in cached.resumed_req_ids:  # preempted and resumed: all blocks anew
+                state.block_ids, state.sent_until = list(new_blocks[0]) if new_blocks else [], 0
+            elif new_blocks:
+                state.block_ids.extend(new_blocks[0])
+            self._emit(meta, state, cached.num_computed_tokens[i] + scheduled.get(req_id, 0))
+        return meta
+
+    def _emit(self, meta: PdserveConnectorMetadata, state: _PushState, computed_end: int) -> None:
+        end = min(computed_end, state.num_prompt_tokens)
+        if end <= state.sent_until:
+            return
+        start = (state.sent_until // self._block_size) * self._block_size
+        first, last = start // self._block_size, -(-end // self._block_size)
+        meta.sends.append(SendSpec(state.transfer_id, state.endpoint, state.block_ids[first:last], start, end,
+                                   state.num_prompt_tokens))
+        state.sent_until = end
+
+    def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
+        for request_id in connector_output.finished_recving or ():
+            self._waiting_recv.discard(request_id)
+
+    def request_finished(self, request: Request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        """Scheduler: frames were copied out during the forward pass, so blocks free at once.
+
+        A `receive` request that ends while still waiting (aborted, deadline) is cancelled on the worker
+        side, which reports it finished so that vLLM frees its blocks.
+        """
+        self._pushes.pop(request.request_id, None)
+        if request.request_id in self._waiting_recv:
+            self._waiting_recv.discard(request.request_id)
+            self._cancelled.append(request.request_id)
+        return False, None
+
+    # ============================== worker side =================================================
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        """Worker: remember each layer's block-first view of the cache; start the receivers."""
+        context = self._vllm_config.compilation_config.static_forward_context
+        for index, name in enumerate(kv_caches):
+            view = getattr(context.get(name), "kv_cache", None)
+            if not isinstance(view, torch.Tensor):
+                view = kv_caches[name]
+            self._layer_index[name] = index
+            self._layer_views.append(view)
+        self._start_receivers()
+
+    def _start_receivers(self) -> None:
+        host = self._extra.get("host", "127.0.0.1")
+        self._assembler = TransferAssembler(self._write_blocks, timeout_s=float(self._extra.get("timeout_s", 10.0)))
+        self._receivers.append(ZmqReceiver(self._assembler, host, int(self._extra.get("zmq_port", 0))))
+        self._sender = make_sender(self._extra.get("transport", "zmq"))
+        service = KVTransferService(self._assembler, self._sender.counters)
+        server, _endpoint = serve_kv_service(service, host, int(self._extra.get("grpc_port", 0)))
+        self._receivers.append(server)
+        log.info("pdserve KV connector: %d layers, receiving on %s and grpc port %s", len(self._layer_views),
+                 self._receivers[0].endpoint, self._extra.get("grpc_port"))
+
+    def _write_blocks(self, layer_index: int, dest_block_ids: list[int], header: Header, payload: memoryview,
+                      first_row: int) -> None:
+        view = self._layer_views[layer_index]
+        shape = tuple(header.shape)
+        if shape[1:] != tuple(view.shape[1:]) or header.dtype != str(view.dtype).removeprefix("torch."):
+            raise ValueError(f"KV layout mismatch: sender {header.dtype}{list(shape[1:])} per block, "
+                             f"receiver {view.dtype}{list(view.shape[1:])} (same model, block size and TP needed)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only buffer: we only read it
+            raw = torch.from_numpy(np.frombuffer(payload, dtype=np.uint8))
+        blocks = raw.view(view.dtype).reshape(shape)[first_row:]
+        view[torch.tensor(dest_block_ids, dtype=torch.long)] = blocks
+
+    def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
+        """Worker: register this step's new receives (frames may already be stashed) and cancellations."""
+        if self._assembler is None or not self.has_connector_metadata():
+            return
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, PdserveConnectorMetadata)
+        for spec in meta.recvs:
+            self._assembler.expect(spec.transfer_id, spec.request_id, spec.block_ids, spec.local_tokens,
+                                   spec.num_prompt_tokens)
+        for request_id in meta.cancelled:
+            self._assembler.cancel(request_id)
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        """Worker: nothing to wait for; receiving requests only run once their KV is complete."""
+
+    def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: Any, **kwargs: Any) -> None:
+        """Worker, inside the forward pass: copy this layer's blocks of each pushed request and queue them.
+
+        The copy (one gather) is all the engine thread pays; checksum and network run on the sender
+        thread while later layers compute.
+        """
+        if self._sender is None or not self.has_connector_metadata():
+            return
+        meta = self._get_connector_metadata()
+        if not isinstance(meta, PdserveConnectorMetadata) or not meta.sends:
+            return
+        layer = self._layer_index.get(layer_name)
+        if layer is None:
+            return
+        from workers.kv.transport import OutgoingFrame
+
+        for spec in meta.sends:
+            blocks = kv_layer.index_select(0, torch.tensor(spec.block_ids, dtype=torch.long, device=kv_layer.device))
+            blocks = blocks.cpu().contiguous()
+            self._sender.send(OutgoingFrame(spec.endpoint, dict(
+                transfer_id=spec.transfer_id, layer_index=layer, num_layers=len(self._layer_views),
+                token_start=spec.token_start, token_end=spec.token_end, num_prompt_tokens=spec.num_prompt_tokens,
+                block_size=self._block_size, dtype=str(blocks.dtype).removeprefix("torch."), shape=tuple(blocks.shape),
+                source_block_ids=spec.block_ids, sender=str(self._extra.get("worker_id", ""))),
+                blocks.view(torch.uint8).numpy()))
+
+    def wait_for_save(self) -> None:
+        """Worker: sends are asynchronous and own copies of their blocks; nothing to wait for."""
+
+    def get_transfer_results(self, finished_req_ids: set[str]) -> KVConnectorTransferResults:
+        """Worker, every step: receives that completed, failed (recompute) or were cancelled."""
+        if self._assembler is None:
+            return KVConnectorTransferResults()
+        finished, failed = self._assembler.poll()
+        return KVConnectorTransferResults(finished_recving=finished, failed_recving=failed)
+
+    def shutdown(self) -> None:
+        for receiver in self._receivers:
+            if hasattr(receiver, "stop"):
+                receiver.stop(grace=0)
+            else:
+                receiver.close()
+        if self._sender is not None:
+            self._sender.close()

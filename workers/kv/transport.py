@@ -1,0 +1,320 @@
+"""Moving KV frames: senders (prefill side) and receivers (decode side).
+
+Senders are called from the engine thread inside the forward pass (`save_kv_layer`), so `send()` only
+enqueues: a background thread checksums the payload and puts it on the wire, while the engine computes
+the next layer. Receivers run their own threads and hand every frame to a `TransferAssembler`.
+
+- ZeroMQ (`zmq://host:port`): PUSH/PULL, multipart [header, payload], payload sent and received
+  zero-copy (pyzmq keeps a reference to the buffer until the I/O thread has sent it).
+- gRPC (`grpc://host:port`): the same frames as `KVFrame` messages on one client-streaming `Push` call;
+  for networks where only one port is open. The same server also answers the control calls
+  (`AbortTransfer`, `GetTransferStats`), whichever data transport is in use.
+- Loopback: an in-process twin for tests (`LoopbackSender` straight into an assembler).
+
+A sender never blocks the engine and never raises into it: a frame that cannot be sent (peer gone,
+queue full) is dropped and counted; the receiver's timeout turns that into a recompute.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import queue
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import zmq
+
+from orchestrator.api.pb import kv_pb2, kv_pb2_grpc
+from workers.kv.assembler import TransferAssembler
+from workers.kv.wire import Header, make_header
+
+log = logging.getLogger(__name__)
+
+MAX_GRPC_MESSAGE_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class OutgoingFrame:
+    """A frame before its checksum: header fields and a buffer (kept alive until sent)."""
+
+    endpoint: str
+    fields: dict[str, Any]
+    buffer: Any  # numpy array or anything exposing the buffer protocol, contiguous
+
+    def header(self) -> Header:
+        return make_header(payload=memoryview(self.buffer).cast("B"), **self.fields)
+
+
+@dataclass
+class SenderCounters:
+    bytes_sent: int = 0
+    frames_sent: int = 0
+    frames_dropped: int = 0
+
+
+def split_endpoint(endpoint: str) -> tuple[str, str]:
+    """'zmq://h:p' -> ('zmq', 'h:p'). Raises ValueError on an unknown scheme."""
+    scheme, sep, address = endpoint.partition("://")
+    if not sep or scheme not in ("zmq", "grpc"):
+        raise ValueError(f"KV endpoint {endpoint!r} must look like zmq://HOST:PORT or grpc://HOST:PORT")
+    return scheme, address
+
+
+class BaseKVSender(abc.ABC):
+    """Prefill side. `send` is called from the engine thread and must not block."""
+
+    def __init__(self, max_queued_frames: int = 4096) -> None:
+        self.counters = SenderCounters()
+        self._queue: queue.Queue[OutgoingFrame | None] = queue.Queue(maxsize=max_queued_frames)
+        self._thread = threading.Thread(target=self._run, name=f"{type(self).__name__}", daemon=True)
+        self._thread.start()
+
+    def send(self, frame: OutgoingFrame) -> None:
+        try:
+            self._queue.put_nowait(frame)
+        except queue.Full:
+            self.counters.frames_dropped += 1
+            log.warning("KV send queue full: dropped a frame of transfer %s", frame.fields.get("transfer_id"))
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every queued frame was handed to the wire; False on timeout."""
+        done = threading.Event()
+        self._queue.put(_Marker(done))  # type: ignore[arg-type]
+        return done.wait(timeout_s)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while (frame := self._queue.get()) is not None:
+            if isinstance(frame, _Marker):
+                frame.event.set()
+                continue
+            try:
+                self._deliver(frame)
+            except Exception as exc:  # noqa: BLE001 - the engine must never see a transport error
+                self.counters.frames_dropped += 1
+                log.warning("KV frame of transfer %s to %s dropped: %s", frame.fields.get("transfer_id"),
+                            frame.endpoint, exc)
+        self._shutdown()
+
+    @abc.abstractmethod
+    def _deliver(self, frame: OutgoingFrame) -> None:
+        """Put one frame on the wire (sender thread)."""
+
+    def _shutdown(self) -> None:
+        """Release sockets/channels (sender thread, at close)."""
+
+
+@dataclass
+class _Marker:
+    event: threading.Event
+
+
+class ZmqSender(BaseKVSender):
+    def __init__(self, max_queued_frames: int = 4096, sndhwm: int = 1024) -> None:
+        self._context = zmq.Context.instance()
+        self._sockets: dict[str, zmq.Socket] = {}
+        self._sndhwm = sndhwm
+        super().__init__(max_queued_frames)
+
+    def _socket(self, address: str) -> zmq.Socket:
+        sock = self._sockets.get(address)
+        if sock is None:
+            sock = self._context.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, self._sndhwm)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"tcp://{address}")
+            self._sockets[address] = sock
+        return sock
+
+    def _deliver(self, frame: OutgoingFrame) -> None:
+        _, address = split_endpoint(frame.endpoint)
+        header = frame.header()
+        payload = memoryview(frame.buffer).cast("B")
+        self._socket(address).send_multipart([header.SerializeToString(), payload], copy=False)
+        self.counters.frames_sent += 1
+        self.counters.bytes_sent += len(payload)
+
+    def _shutdown(self) -> None:
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+
+
+class GrpcSender(BaseKVSender):
+    """One long-lived Push stream per endpoint; a broken stream is reopened on the next frame."""
+
+    def __init__(self, max_queued_frames: int = 4096) -> None:
+        self._streams: dict[str, _GrpcStream] = {}
+        super().__init__(max_queued_frames)
+
+    def _deliver(self, frame: OutgoingFrame) -> None:
+        _, address = split_endpoint(frame.endpoint)
+        stream = self._streams.get(address)
+        if stream is None or stream.broken:
+            stream = self._streams[address] = _GrpcStream(address)
+        header = frame.header()
+        payload = bytes(memoryview(frame.buffer).cast("B"))
+        stream.put(kv_pb2.KVFrame(header=header, payload=payload))
+        self.counters.frames_sent += 1
+        self.counters.bytes_sent += len(payload)
+
+    def _shutdown(self) -> None:
+        for stream in self._streams.values():
+            stream.close()
+
+
+class _GrpcStream:
+    def __init__(self, address: str) -> None:
+        self._channel = grpc.insecure_channel(address, options=_grpc_options())
+        self._queue: queue.Queue[kv_pb2.KVFrame | None] = queue.Queue(maxsize=256)
+        self.broken = False
+        self._thread = threading.Thread(target=self._run, name=f"kv-grpc-push-{address}", daemon=True)
+        self._thread.start()
+
+    def _frames(self):
+        while (frame := self._queue.get()) is not None:
+            yield frame
+
+    def _run(self) -> None:
+        try:
+            kv_pb2_grpc.KVTransferStub(self._channel).Push(self._frames())
+        except grpc.RpcError as exc:
+            log.warning("KV gRPC stream broke (%s); it is reopened on the next frame", exc.code())
+        finally:
+            self.broken = True
+
+    def put(self, frame: kv_pb2.KVFrame) -> None:
+        if self.broken:
+            raise ConnectionError("KV gRPC stream is broken")
+        self._queue.put(frame, timeout=30)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+        self._channel.close()
+
+
+def _grpc_options() -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES)]
+
+
+class LoopbackSender(BaseKVSender):
+    """In-process twin: frames go straight into an assembler (tests)."""
+
+    def __init__(self, assembler: TransferAssembler) -> None:
+        self._assembler = assembler
+        super().__init__()
+
+    def _deliver(self, frame: OutgoingFrame) -> None:
+        header = frame.header()
+        payload = memoryview(frame.buffer).cast("B")
+        self._assembler.on_frame(header, payload)
+        self.counters.frames_sent += 1
+        self.counters.bytes_sent += len(payload)
+
+
+def make_sender(transport: str) -> BaseKVSender:
+    if transport == "zmq":
+        return ZmqSender()
+    if transport == "grpc":
+        return GrpcSender()
+    raise ValueError(f"unknown KV transport {transport!r} (use zmq or grpc)")
+
+
+class ZmqReceiver:
+    """PULL socket bound on host:port; a thread feeds the assembler."""
+
+    def __init__(self, assembler: TransferAssembler, host: str, port: int, rcvhwm: int = 4096) -> None:
+        self._assembler = assembler
+        self._context = zmq.Context.instance()
+        self._socket = self._context.socket(zmq.PULL)
+        self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        if port:
+            self._socket.bind(f"tcp://{host}:{port}")
+        else:
+            port = self._socket.bind_to_random_port(f"tcp://{host}")
+        self.endpoint = f"zmq://{host}:{port}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kv-zmq-receiver", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(100):
+                continue
+            parts = self._socket.recv_multipart(copy=False)
+            if len(parts) != 2:
+                log.warning("KV receiver: dropped a message of %d parts (expected header + payload)", len(parts))
+                continue
+            try:
+                header = Header.FromString(parts[0].bytes)
+                self._assembler.on_frame(header, parts[1].buffer)
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not kill the receiver
+                log.warning("KV receiver: frame rejected: %s", exc)
+        self._socket.close(linger=0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class KVTransferService(kv_pb2_grpc.KVTransferServicer):
+    """gRPC data transport and control for one assembler (and, for stats, the local sender)."""
+
+    def __init__(self, assembler: TransferAssembler | None, sender_counters: SenderCounters | None = None) -> None:
+        self._assembler = assembler
+        self._sender_counters = sender_counters
+
+    def Push(self, request_iterator, context):  # noqa: N802 - gRPC method name
+        frames = size = 0
+        if self._assembler is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this worker does not receive KV")
+        for frame in request_iterator:
+            self._assembler.on_frame(frame.header, memoryview(frame.payload))
+            frames += 1
+            size += len(frame.payload)
+        return kv_pb2.PushResponse(frames=frames, bytes=size)
+
+    def AbortTransfer(self, request, context):  # noqa: N802
+        known = self._assembler.abort(request.transfer_id, request.reason or "sender gave up") if self._assembler else False
+        return kv_pb2.AbortTransferResponse(known=known)
+
+    def GetTransferStats(self, request, context):  # noqa: N802
+        reply = kv_pb2.GetTransferStatsResponse()
+        if self._assembler is not None:
+            c = self._assembler.counters
+            reply.bytes_total, reply.frames_total = c.bytes_total, c.frames_total
+            reply.transfers_completed, reply.transfers_recomputed = c.transfers_completed, c.transfers_recomputed
+            reply.seconds_total, reply.checksum_failures, reply.timeouts = c.seconds_total, c.checksum_failures, c.timeouts
+            for transfer_id in request.transfer_ids:
+                outcome = self._assembler.outcome(transfer_id)
+                if outcome is not None:
+                    reply.outcomes.append(kv_pb2.TransferOutcome(
+                        transfer_id=transfer_id, complete=outcome.complete, recomputed=not outcome.complete,
+                        failure=outcome.failure or "", bytes=outcome.bytes, seconds=outcome.seconds))
+        if self._sender_counters is not None:
+            reply.bytes_sent_total = self._sender_counters.bytes_sent
+            reply.frames_sent_total = self._sender_counters.frames_sent
+        return reply
+
+
+def serve_kv_service(service: KVTransferService, host: str, port: int) -> tuple[grpc.Server, str]:
+    """Start the KV gRPC server; returns it and its endpoint `grpc://host:port`."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="kv-grpc"),
+                         options=_grpc_options())
+    kv_pb2_grpc.add_KVTransferServicer_to_server(service, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind the KV gRPC server on {host}:{port}: the port is in use")
+    server.start()
+    return server, f"grpc://{host}:{bound}"

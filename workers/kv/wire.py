@@ -1,0 +1,48 @@
+"""The KV frame: a small protobuf header and the raw bytes of one layer's blocks.
+
+A frame carries, for one transfer and one layer, the KV of prompt tokens [token_start, token_end) as
+whole blocks (token_start is block-aligned; the last block may be partial and is sent again by the next
+chunk). The payload is the blocks in prompt order, contiguous, in the engine's per-block layout; its
+shape (blocks first) and dtype ride in the header, with an xxh3_64 checksum of the bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import xxhash
+
+from orchestrator.api.pb import kv_pb2
+
+Header = kv_pb2.KVFrameHeader
+
+
+def checksum(payload: memoryview | bytes) -> int:
+    """xxh3_64 of the payload (fast enough to verify every frame at memory speed)."""
+    return xxhash.xxh3_64_intdigest(payload)
+
+
+@dataclass(frozen=True)
+class FrameSpan:
+    """Which prompt blocks a frame covers."""
+
+    first_block: int
+    num_blocks: int
+
+    @classmethod
+    def of(cls, header: Header) -> FrameSpan:
+        first = header.token_start // header.block_size
+        last = -(-header.token_end // header.block_size)
+        return cls(first, last - first)
+
+
+def make_header(*, transfer_id: str, layer_index: int, num_layers: int, token_start: int, token_end: int,
+                num_prompt_tokens: int, block_size: int, dtype: str, shape: tuple[int, ...],
+                payload: memoryview | bytes, source_block_ids: list[int] | None = None, sender: str = "") -> Header:
+    if token_start % block_size:
+        raise ValueError(f"token_start {token_start} is not a multiple of block_size {block_size}")
+    return Header(
+        transfer_id=transfer_id, layer_index=layer_index, num_layers=num_layers, token_start=token_start,
+        token_end=token_end, num_prompt_tokens=num_prompt_tokens, block_size=block_size, dtype=dtype,
+        shape=list(shape), checksum=checksum(payload), source_block_ids=source_block_ids or [], sender=sender,
+    )
