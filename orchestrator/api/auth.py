@@ -81,9 +81,11 @@ class ApiKeys:
 
     def _lookup(self, key: str) -> str | None:
         # Compare against every key in constant time per key, so timing does not reveal a prefix.
+        # An HTTP header may hold any bytes (aiohttp hands undecodable ones over as surrogates).
+        given = key.encode("utf-8", "surrogatepass")
         found = None
         for known, tenant in self._keys.items():
-            if hmac.compare_digest(known.encode(), key.encode()):
+            if hmac.compare_digest(known.encode("utf-8", "surrogatepass"), given):
                 found = tenant
         return found
 

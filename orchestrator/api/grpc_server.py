@@ -18,11 +18,13 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
@@ -116,6 +118,55 @@ async def _boundary(context: grpc.aio.ServicerContext, method: str) -> AsyncIter
         await context.abort(grpc.StatusCode.INTERNAL, f"internal server error (incident {incident}; see the server log)")
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """What the deserializer hands a handler for bytes that are not the message it expects."""
+
+    type_name: str
+    reason: str
+
+
+def _lenient(message_type: type) -> Callable[[bytes], Any]:
+    """A request deserializer that never raises: grpc would answer a parse error UNKNOWN with a Python
+    exception's text; the handler answers INVALID_ARGUMENT instead (see `_decoded`)."""
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(message_type.DESCRIPTOR.full_name, str(exc).rpartition(": ")[2] or "corrupt")
+    return parse
+
+
+def _decoded(method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+             ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Undecodable):
+            await abort_with(context, InvalidRequest(
+                f"the request is not a valid {request.type_name} message ({request.reason}): "
+                f"build it with the pdserve.v1 protos or the pdserve SDK"))
+        return await method(request, context)
+    return handler
+
+
+def add_inference_servicer(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Like the generated `add_InferenceServicer_to_server`, with lenient request parsing."""
+    unary = grpc.unary_unary_rpc_method_handler
+    handlers = {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            _decoded(servicer.Generate), request_deserializer=_lenient(pb.GenerateRequest),
+            response_serializer=pb.GenerateResponse.SerializeToString),
+        "Cancel": unary(_decoded(servicer.Cancel), request_deserializer=_lenient(pb.CancelRequest),
+                        response_serializer=pb.CancelResponse.SerializeToString),
+        "ListModels": unary(_decoded(servicer.ListModels), request_deserializer=_lenient(pb.ListModelsRequest),
+                            response_serializer=pb.ListModelsResponse.SerializeToString),
+        "GetClusterStatus": unary(_decoded(servicer.GetClusterStatus),
+                                  request_deserializer=_lenient(pb.GetClusterStatusRequest),
+                                  response_serializer=pb.GetClusterStatusResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 class GatewayHealth(HealthServicer):
     """The standard health service: SERVING exactly when `gateway.health().ready`.
 
@@ -157,8 +208,7 @@ class GrpcApi:
             ("grpc.so_reuseport", 0),
         ]
         self.server = grpc.aio.server(options=options)
-        inference_pb2_grpc.add_InferenceServicer_to_server(
-            InferenceServicer(gateway, config, keys, limiter), self.server)
+        add_inference_servicer(InferenceServicer(gateway, config, keys, limiter), self.server)
         self.health = GatewayHealth(gateway)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._poll_task: asyncio.Task | None = None

@@ -38,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from orchestrator.api import openai_format as oai
 from orchestrator.api.auth import ApiKeys
 from orchestrator.api.limits import ConcurrencyLimiter
-from orchestrator.api.validation import validate_request
+from orchestrator.api.validation import InvalidField, validate_request
 from orchestrator.config.server import ServerConfig
 from orchestrator.errors import InvalidRequest, PdserveError
 from orchestrator.gateway.base import BaseGateway
@@ -104,6 +104,8 @@ async def read_json(request: web.Request, limit_bytes: int) -> Any:
         return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError:  # Python's limit on the digits of an integer (int_max_str_digits)
+        raise InvalidRequest("the request body holds a number with too many digits: send numbers of sensible size") from None
     except RecursionError:
         raise InvalidRequest("the request body nests too deeply") from None
 
@@ -182,7 +184,11 @@ class HttpApi:
         tenant = self._tenant(http_request)
         body = await read_json(http_request, self.config.max_request_bytes)
         request, options = parse(body, tenant)
-        request = validate_request(request, self.gateway, self.config)
+        try:
+            request = validate_request(request, self.gateway, self.config)
+        except InvalidField as exc:
+            exc.param = oai.openai_param(exc.param, options.kind)
+            raise
         options = replace(options, model=request.model)
         with self.limiter.slot("http"):
             chunks = self.gateway.generate(request)
@@ -204,6 +210,8 @@ class HttpApi:
             # The client went away between two chunks: the caller's `finally` closes the gateway
             # iterator, which cancels the request.
             log.info("client disconnected from the stream of request %s", request.request_id)
+        except Exception as exc:  # noqa: BLE001 - the 200 is sent: the stream itself must say it failed
+            await _end_with_error(response, request, exc)
         return response
 
 
@@ -235,6 +243,23 @@ async def _write_events(response: web.StreamResponse, request: Request, options:
             break
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
+
+
+async def _end_with_error(response: web.StreamResponse, request: Request, exc: Exception) -> None:
+    """A failure after the stream started (the gateway broke its contract by raising mid-stream):
+    an error event and [DONE], so the client sees an explicit end rather than a cut connection."""
+    if isinstance(exc, PdserveError):
+        message = exc.message
+    else:
+        incident = uuid.uuid4().hex[:12]
+        log.error("stream of request %s failed (incident %s)", request.request_id, incident, exc_info=exc)
+        message = f"internal server error (incident {incident}; see the server log)"
+    try:
+        await _send(response, oai.error_json(message, "server_error", code="stream_error"))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+    except ConnectionResetError:
+        pass
 
 
 async def _send(response: web.StreamResponse, body: dict) -> None:

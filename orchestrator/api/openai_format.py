@@ -14,17 +14,17 @@ extension key, `pdserve`:
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, fields
 from typing import Any
 
-from orchestrator.api.validation import InvalidField
+from orchestrator.api.validation import InvalidField, check_request_id
 from orchestrator.request import Budget, ChatMessage, FinishReason, GenerationChunk, Prompt, Request, Sampling, Usage
 
 EXTENSION_KEY = "pdserve"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-MAX_REQUEST_ID_CHARS = 128
 
 # Accepted only at their neutral value: anything else asks for a feature pdserve does not implement.
 _NEUTRAL = {
@@ -74,6 +74,21 @@ def _optional(body: dict, name: str, kinds: tuple[type, ...], label: str, param:
     return None if value is None else _want(value, param or name, kinds, label)
 
 
+def _optional_number(body: dict, name: str, param: str | None = None) -> float | None:
+    """A JSON number as a float; an integer too large for one is out of range, not a crash."""
+    value = _optional(body, name, (int, float), "a number", param)
+    try:
+        return None if value is None else float(value)
+    except OverflowError:
+        raise InvalidField(param or name, f"{param or name} is out of range: send a number of sensible size") from None
+
+
+def _shown(value: Any) -> str:
+    """A JSON value as an error message quotes it, cut short."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:36] + "..."
+
+
 def _check_fields(body: dict, allowed: set[str], where: str = "") -> None:
     for name in body:
         if name not in allowed:
@@ -86,7 +101,7 @@ def _check_top_level(body: dict, allowed: set[str]) -> None:
     for name, neutral in _NEUTRAL.items():
         value = body.get(name)
         if value is not None and value not in neutral:
-            raise InvalidField(name, f"{name}={str(value)[:40]} is not supported by pdserve: leave it out")
+            raise InvalidField(name, f"{name}={_shown(value)} is not supported by pdserve: leave it out")
     for name, kind in _IGNORED.items():
         _optional(body, name, (kind,), {str: "a string", bool: "a boolean", dict: "an object"}[kind])
 
@@ -104,8 +119,8 @@ def _sampling(body: dict, max_tokens_field: str | None, default_max_tokens: int 
         _want(item, "stop", (str,), "a string or an array of strings")
     values = {
         "max_tokens": max_tokens if max_tokens is not None else (default_max_tokens or defaults.max_tokens),
-        "temperature": _optional(body, "temperature", (int, float), "a number"),
-        "top_p": _optional(body, "top_p", (int, float), "a number"),
+        "temperature": _optional_number(body, "temperature"),
+        "top_p": _optional_number(body, "top_p"),
         "top_k": _optional(body, "top_k", (int,), "an integer"),
         "seed": _optional(body, "seed", (int,), "an integer"),
         "ignore_eos": _optional(body, "ignore_eos", (bool,), "a boolean"),
@@ -118,9 +133,8 @@ def _extension(body: dict) -> tuple[Budget, str | None]:
     extension = _optional(body, EXTENSION_KEY, (dict,), "an object") or {}
     _check_fields(extension, {"budget", "request_id"}, f"{EXTENSION_KEY}.")
     request_id = _optional(extension, "request_id", (str,), "a string", f"{EXTENSION_KEY}.request_id")
-    if request_id is not None and not (0 < len(request_id) <= MAX_REQUEST_ID_CHARS and request_id.isprintable()):
-        raise InvalidField(f"{EXTENSION_KEY}.request_id",
-                           f"{EXTENSION_KEY}.request_id must be 1 to {MAX_REQUEST_ID_CHARS} printable characters")
+    if request_id is not None:
+        check_request_id(request_id, f"{EXTENSION_KEY}.request_id")
     raw = _optional(extension, "budget", (dict,), "an object", f"{EXTENSION_KEY}.budget") or {}
     where = f"{EXTENSION_KEY}.budget."
     _check_fields(raw, {*_BUDGET_INTS, *_BUDGET_FLOATS, "start_thinking"}, where)
@@ -128,8 +142,7 @@ def _extension(body: dict) -> tuple[Budget, str | None]:
     for name in _BUDGET_INTS:
         values[name] = _optional(raw, name, (int,), "an integer", where + name)
     for name in _BUDGET_FLOATS:
-        value = _optional(raw, name, (int, float), "a number", where + name)
-        values[name] = float(value) if value is not None else None
+        values[name] = _optional_number(raw, name, where + name)
     values["start_thinking"] = _optional(raw, "start_thinking", (bool,), "a boolean", where + "start_thinking")
     values["priority"] = values["priority"] or 0
     values["start_thinking"] = bool(values["start_thinking"])
@@ -158,6 +171,8 @@ def _prompt(body: dict) -> Prompt:
 
 
 def _messages(body: dict) -> Prompt:
+    if body.get("messages") is None:
+        raise InvalidField("messages", "messages is missing: send an array of {\"role\": ..., \"content\": ...}")
     raw = _want(body.get("messages"), "messages", (list,), "an array of messages")
     messages = []
     for i, item in enumerate(raw):
@@ -210,6 +225,15 @@ def parse_chat(body: Any, tenant: str) -> tuple[Request, ResponseOptions]:
     request = _request(body, _messages(body), sampling, tenant, "chatcmpl")
     stream, include_usage = _stream_options(body)
     return request, ResponseOptions("chat.completion", request.model or "", stream, include_usage, int(time.time()))
+
+
+def openai_param(param: str, kind: str) -> str:
+    """Where a field that `validation` names lives in an OpenAI body (pdserve's own under `pdserve`)."""
+    if param.startswith("budget.") or param == "request_id":
+        return f"{EXTENSION_KEY}.{param}"
+    if param == "prompt" and kind == "chat.completion":
+        return "messages"
+    return param
 
 
 # ---- writing answers --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from orchestrator.request import Budget, Prompt, Request, Sampling
 
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
 INT64_MAX = 2**63 - 1
+MAX_REQUEST_ID_CHARS = 128
 
 
 class InvalidField(InvalidRequest):
@@ -38,6 +39,7 @@ def validate_request(request: Request, gateway: BaseGateway, config: ServerConfi
     (on the caller's event loop). Raises InvalidRequest / InvalidField / ModelNotFound.
     """
     model = resolve_model(request.model, gateway.models())
+    check_request_id(request.request_id)
     check_prompt(request.prompt)
     check_sampling(request.sampling, config)
     check_budget(request.budget)
@@ -63,6 +65,26 @@ def resolve_model(name: str | None, served: list[ModelInfo]) -> ModelInfo:
             return model
     names = ", ".join(repr(m.id) for m in served)
     raise ModelNotFound(f"model {name!r} is not served here: use one of {names} (or leave model empty)")
+
+
+def check_request_id(request_id: str, param: str = "request_id") -> None:
+    """A client-chosen id must be short and printable: it shows up in logs, metrics and cancel URLs."""
+    if not 0 < len(request_id) <= MAX_REQUEST_ID_CHARS or not request_id.isprintable():
+        raise InvalidField(param, f"{param} must be 1 to {MAX_REQUEST_ID_CHARS} printable characters "
+                                  f"(or leave it out and the server makes one)")
+
+
+def _shown(value: object) -> str:
+    """A value as an error message quotes it: huge numbers cut short."""
+    text = str(value)
+    return text if len(text) <= 24 else text[:20] + "..."
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def check_prompt(prompt: Prompt) -> None:
@@ -93,16 +115,16 @@ def _check_messages(prompt: Prompt) -> None:
 
 def check_sampling(sampling: Sampling, config: ServerConfig) -> None:
     if not isinstance(sampling.max_tokens, int) or sampling.max_tokens <= 0:
-        raise InvalidField("max_tokens", f"max_tokens is {sampling.max_tokens}: ask for at least 1 token")
+        raise InvalidField("max_tokens", f"max_tokens is {_shown(sampling.max_tokens)}: ask for at least 1 token")
     if sampling.max_tokens > config.max_output_tokens:
-        raise InvalidField("max_tokens", f"max_tokens is {sampling.max_tokens}, above this server's limit of "
+        raise InvalidField("max_tokens", f"max_tokens is {_shown(sampling.max_tokens)}, above this server's limit of "
                                          f"{config.max_output_tokens}: ask for fewer")
-    if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
-        raise InvalidField("temperature", f"temperature is {sampling.temperature}: use a number >= 0 (0 is greedy)")
-    if not math.isfinite(sampling.top_p) or not 0 < sampling.top_p <= 1:
-        raise InvalidField("top_p", f"top_p is {sampling.top_p}: use a number in (0, 1] (1 keeps every token)")
-    if sampling.top_k < -1:
-        raise InvalidField("top_k", f"top_k is {sampling.top_k}: use a positive number, or 0 / -1 for no limit")
+    if not _finite(sampling.temperature) or sampling.temperature < 0:
+        raise InvalidField("temperature", f"temperature is {_shown(sampling.temperature)}: use a number >= 0 (0 is greedy)")
+    if not _finite(sampling.top_p) or not 0 < sampling.top_p <= 1:
+        raise InvalidField("top_p", f"top_p is {_shown(sampling.top_p)}: use a number in (0, 1] (1 keeps every token)")
+    if not -1 <= sampling.top_k <= INT64_MAX:
+        raise InvalidField("top_k", f"top_k is {_shown(sampling.top_k)}: use a positive number, or 0 / -1 for no limit")
     if sampling.seed is not None and not -(2**63) <= sampling.seed <= INT64_MAX:
         raise InvalidField("seed", "seed must fit in a signed 64-bit integer")
     _check_stop(sampling.stop, config)
@@ -131,8 +153,8 @@ def check_budget(budget: Budget) -> None:
         value = getattr(budget, name)
         if value is None:
             continue
-        if not math.isfinite(value) or value < minimum or value > INT64_MAX:
-            raise InvalidField(f"budget.{name}", f"budget.{name} is {value}: use a number >= {minimum}")
+        if not _finite(value) or value < minimum or value > INT64_MAX:
+            raise InvalidField(f"budget.{name}", f"budget.{name} is {_shown(value)}: use a number >= {minimum}")
     if _thinking_bounds_inverted(budget):
         raise InvalidField("budget.min_thinking_tokens", "budget.min_thinking_tokens is above max_thinking_tokens: "
                                                          "lower the minimum or raise the maximum")
