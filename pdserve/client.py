@@ -106,16 +106,25 @@ def build_request(prompt: Prompt, options: Mapping[str, Any]) -> pb.GenerateRequ
         raise TypeError(f"unknown option(s) {sorted(unknown)}: use {sorted(GenerateOptions.__annotations__)}")
     sampling = {k: options[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "ignore_eos")
                 if options.get(k) is not None}
-    budget = options.get("budget") or Budget()
+    stop = options.get("stop") or ()
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)  # one stop string, not its characters
     message = convert.request_to_pb(Request(
         prompt=prompt, model=options.get("model"), request_id=options.get("request_id") or "",
-        sampling=Sampling(**sampling, stop=tuple(options.get("stop") or ())),
-        budget=budget if isinstance(budget, Budget) else Budget(**budget)))
+        sampling=Sampling(**sampling, stop=stop), budget=_budget(options.get("budget"))))
     # Fields the caller did not set stay unset on the wire, so the server's defaults apply.
     for name in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
         if name not in sampling:
             message.sampling.ClearField(name)
     return message
+
+
+def _budget(budget: Budget | Mapping[str, Any] | None) -> Budget:
+    if budget is None or isinstance(budget, Budget):
+        return budget or Budget()
+    unknown = set(budget) - set(Budget.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown budget field(s) {sorted(unknown)}: use {sorted(Budget.__dataclass_fields__)}")
+    return Budget(**budget)
 
 
 def text_prompt(prompt: str | Sequence[int]) -> Prompt:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import grpc
 
 RETRY_AFTER_KEY = "retry-after-s"
+_TOO_LARGE = "Received message larger than max"  # grpc core's wording for a message over the limit
 
 
 class PdserveError(Exception):
@@ -94,6 +95,10 @@ def from_rpc_error(error: grpc.RpcError) -> PdserveError:
     status = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
     name = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
     message = (error.details() if callable(getattr(error, "details", None)) else None) or name.lower()
+    if name == "RESOURCE_EXHAUSTED" and _TOO_LARGE in message:
+        # gRPC itself refused the message as over the server's max_request_bytes: no quota, no retry.
+        return InvalidRequest(f"the request is larger than the server accepts ({message.removeprefix('SERVER: ')}): "
+                              f"send a shorter prompt", code=name)
     return _BY_CODE.get(name, ServerError)(message, code=name, retry_after_s=_retry_after(error))
 
 
