@@ -30,6 +30,7 @@ from pathlib import Path
 from orchestrator.errors import ConfigError, StartupError
 
 MARKER = "pdserve-model.json"
+DEFAULT_NAME = "smollm2-135m-instruct"  # the model `pdserve up` serves, and pulls when missing
 
 
 @dataclass(frozen=True)

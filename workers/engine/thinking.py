@@ -15,7 +15,9 @@ Use:
 
 Life of a request in the processor (vLLM's engine-core process calls every method; nothing blocks):
 1. `update_state(batch_update)` before a step: a newly added request with our key in `extra_args` gets
-   a controller, fed with any tokens it already generated (a preempted request comes back with them);
+   a controller, fed with any tokens it already generated (a preempted request comes back with them;
+   a request continued on another engine carries them at the end of its prompt, after the first
+   `num_prompt_tokens` given to `thinking_sampling_args`);
    removed/moved rows follow vLLM's persistent batch.
 2. `apply(logits)` before sampling: each controlled row is fed the tokens generated since the last
    step (the list is vLLM's live reference), asks `next_action(argmax)` and applies it: `Force(t)`
@@ -57,6 +59,7 @@ def thinking_sampling_args(
     wait_ids: Sequence[int],
     *,
     close_prefix_ids: Sequence[int] = (),
+    num_prompt_tokens: int | None = None,
 ) -> dict[str, Any]:
     """The `SamplingParams.extra_args` entries that make the processor enforce `budget`'s thinking limits.
 
@@ -64,6 +67,8 @@ def thinking_sampling_args(
     minimum. `close_prefix_ids` (a newline, say) are forced before the end delimiter at the cap and count
     as thinking, inside the budget. With `budget.start_thinking` the prompt must already end inside a span
     (with the start delimiter); a prompt that ends with the start delimiter is detected anyway.
+    `num_prompt_tokens`: set when the engine's prompt is the original prompt of that length followed by
+    tokens generated elsewhere (a decode continuing after the prefill's first token, a migrated request).
     """
     if budget.max_thinking_tokens is None and budget.min_thinking_tokens is None:
         return {}
@@ -75,6 +80,7 @@ def thinking_sampling_args(
         "wait_ids": [int(t) for t in wait_ids],
         "close_prefix_ids": [int(t) for t in close_prefix_ids],
         "start_thinking": bool(budget.start_thinking),
+        "num_prompt_tokens": num_prompt_tokens,
     }}
 
 
@@ -137,7 +143,12 @@ class ThinkingBudgetLogitsProcessor(LogitsProcessor):
         if args is None:
             return None
         stop_ids = set() if params.ignore_eos else set(params.all_stop_token_ids)
-        row = _Row(_controller(args, prompt_ids, stop_ids), output_ids)
+        num_prompt = args.get("num_prompt_tokens")
+        original = prompt_ids if num_prompt is None or prompt_ids is None else prompt_ids[:num_prompt]
+        row = _Row(_controller(args, original, stop_ids), output_ids)
+        if num_prompt is not None and prompt_ids is not None:
+            for token_id in prompt_ids[num_prompt:]:  # generated on another engine before this one
+                row.controller.observe(token_id)
         row.feed()
         return row
 

@@ -2,7 +2,8 @@
 
 Life of a transfer on the decode side:
 1. Frames may arrive before the engine has allocated blocks for the request: they are stashed
-   (bounded by `max_stash_bytes`; a dropped stash only means a recompute later).
+   (bounded by `max_stash_bytes`, and dropped when no `expect()` claims them within `timeout_s`, as for
+   a request that ended before it reached the decode engine; a dropped stash only means a recompute).
 2. `expect()` (engine thread, when the scheduler allocated the blocks) registers where each prompt
    block goes and replays the stash.
 3. Each frame is checksummed and written (`write` callback) into the destination blocks, skipping the
@@ -84,6 +85,7 @@ class TransferAssembler:
         self._by_request: dict[str, str] = {}  # request_id -> transfer_id
         self._stash: OrderedDict[str, list[tuple[Header, bytes]]] = OrderedDict()
         self._stash_bytes = 0
+        self._stash_since: dict[str, float] = {}  # transfer_id -> when its first frame was stashed
         self._aborted_early: dict[str, str] = {}  # transfer_id -> reason, abort before expect()
         self._finished: set[str] = set()
         self._failed: set[str] = set()
@@ -100,6 +102,7 @@ class TransferAssembler:
             self._expected[transfer_id] = state
             self._by_request[request_id] = transfer_id
             stashed = self._stash.pop(transfer_id, [])
+            self._stash_since.pop(transfer_id, None)
             self._stash_bytes -= sum(len(p) for _, p in stashed)
             early_abort = self._aborted_early.pop(transfer_id, None)
         if early_abort is not None:
@@ -129,6 +132,7 @@ class TransferAssembler:
                 have = min(state.covered.values(), default=0) if len(state.covered) == state.num_layers else 0
                 self._fail(state, f"timeout: {have}/{state.num_prompt_tokens} tokens after {self._timeout_s:.1f}s")
         with self._lock:
+            self._expire_stash(now)
             finished, failed = self._finished, self._failed
             self._finished, self._failed = set(), set()
             for request_id in finished:
@@ -169,10 +173,25 @@ class TransferAssembler:
         data = bytes(payload)
         self._stash.setdefault(header.transfer_id, []).append((header, data))
         self._stash.move_to_end(header.transfer_id)
+        self._stash_since.setdefault(header.transfer_id, self._clock())
         self._stash_bytes += len(data)
         while self._stash_bytes > self._max_stash_bytes and self._stash:
-            _, dropped = self._stash.popitem(last=False)
-            self._stash_bytes -= sum(len(p) for _, p in dropped)
+            self._drop_stash(next(iter(self._stash)))
+
+    def _expire_stash(self, now: float) -> None:
+        """Drop stashes nobody claimed within the timeout (lock held)."""
+        for transfer_id, since in list(self._stash_since.items()):
+            if now - since > self._timeout_s:
+                self._drop_stash(transfer_id)
+
+    def _drop_stash(self, transfer_id: str) -> None:
+        dropped = self._stash.pop(transfer_id, [])
+        self._stash_since.pop(transfer_id, None)
+        self._stash_bytes -= sum(len(p) for _, p in dropped)
+
+    @property
+    def stash_bytes(self) -> int:
+        return self._stash_bytes
 
     def _last_progress(self, state: _Expected) -> float:
         return state.last_frame_s if state.last_frame_s is not None else state.registered_s

@@ -18,13 +18,20 @@ Per request, `SamplingParams.extra_args["kv_transfer_params"]["pdserve"]` says w
   "recompute"), so the request still succeeds.
 
 Engine-level settings (`kv_connector_extra_config`): `host`, `zmq_port`, `grpc_port` (where this engine
-receives; the worker actor picks them), `timeout_s`, `transport` (`zmq` | `grpc`: how this engine sends),
+receives; 0: any free port), `endpoint_file` (where the bound endpoints are written as JSON, for the
+worker actor that started the engine), `timeout_s`, `transport` (`zmq` | `grpc`: how this engine sends),
 `worker_id`.
+
+A receive that failed is remembered on the scheduler side: when vLLM reschedules the request to
+recompute it, `get_num_new_matched_tokens` then answers 0, so it is computed locally rather than
+waiting for a transfer that will not come again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -91,6 +98,45 @@ class _PushState:
     sent_until: int = 0
 
 
+class _EngineBlocks:
+    """The scheduler's block pool, shared with the stats service of the same process (single-process
+    executors: the CPU build, one GPU). None where the scheduler runs elsewhere: counts then read 0."""
+
+    pool: Any = None
+
+    def counts(self) -> tuple[int, int]:
+        """(free, total) KV blocks of this engine; (0, 0) when unknown."""
+        pool = self.pool
+        if pool is None:
+            return 0, 0
+        return int(pool.get_num_free_blocks()), int(pool.num_gpu_blocks) - 1  # block 0 is vLLM's null block
+
+
+ENGINE_BLOCKS = _EngineBlocks()
+
+
+def block_first_view(cache: torch.Tensor, num_blocks: int | None) -> torch.Tensor:
+    """A view of one layer's KV cache with the block dimension first (no copy).
+
+    Backends differ: the CPU backend's layout is (num_blocks, heads, block, 2*dim), FlashAttention's
+    (2, num_blocks, block, heads, dim). The block dimension is the one sized num_blocks; when several
+    are, the first.
+    """
+    if num_blocks is None or cache.shape[0] == num_blocks:
+        return cache
+    for dim, size in enumerate(cache.shape):
+        if size == num_blocks:
+            return cache.movedim(dim, 0)
+    raise ValueError(f"no dimension of the KV cache {tuple(cache.shape)} has {num_blocks} blocks")
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
 def transfer_params(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
     """The pdserve part of a request's kv_transfer_params, or None."""
     params = (extra_args or {}).get("kv_transfer_params") or {}
@@ -107,6 +153,7 @@ class PdserveConnector(KVConnectorBase_V1):
         self._pushes: dict[str, _PushState] = {}
         self._new_recvs: list[RecvSpec] = []
         self._waiting_recv: set[str] = set()
+        self._recompute: set[str] = set()  # receives that failed: computed locally from now on
         self._cancelled: list[str] = []
         # worker side
         self._assembler: TransferAssembler | None = None
@@ -119,7 +166,7 @@ class PdserveConnector(KVConnectorBase_V1):
     def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int) -> tuple[int | None, bool]:
         """Scheduler: a `receive` request loads its prompt's KV asynchronously from the transfer."""
         params = transfer_params(request.sampling_params.extra_args if request.sampling_params else None)
-        if not params or params.get("role") != "receive":
+        if not params or params.get("role") != "receive" or request.request_id in self._recompute:
             return 0, False
         count = int(params["num_prompt_tokens"]) - num_computed_tokens
         return (count, True) if count > 0 else (0, False)
@@ -175,8 +222,14 @@ class PdserveConnector(KVConnectorBase_V1):
         state.sent_until = end
 
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
+        """Scheduler: receives that ended leave the waiting set; failed ones are recomputed, never re-awaited."""
         for request_id in connector_output.finished_recving or ():
             self._waiting_recv.discard(request_id)
+        self._recompute.update(connector_output.failed_recving or ())
+
+    def bind_gpu_block_pool(self, gpu_block_pool: Any) -> None:
+        """Scheduler: keep the block pool, so the engine's free-block count can be reported (stats service)."""
+        ENGINE_BLOCKS.pool = gpu_block_pool
 
     def request_finished(self, request: Request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         """Scheduler: frames were copied out during the forward pass, so blocks free at once.
@@ -185,6 +238,7 @@ class PdserveConnector(KVConnectorBase_V1):
         side, which reports it finished so that vLLM frees its blocks.
         """
         self._pushes.pop(request.request_id, None)
+        self._recompute.discard(request.request_id)
         if request.request_id in self._waiting_recv:
             self._waiting_recv.discard(request.request_id)
             self._cancelled.append(request.request_id)
@@ -193,13 +247,10 @@ class PdserveConnector(KVConnectorBase_V1):
     # ============================== worker side =================================================
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         """Worker: remember each layer's block-first view of the cache; start the receivers."""
-        context = self._vllm_config.compilation_config.static_forward_context
-        for index, name in enumerate(kv_caches):
-            view = getattr(context.get(name), "kv_cache", None)
-            if not isinstance(view, torch.Tensor):
-                view = kv_caches[name]
+        num_blocks = self._kv_cache_config.num_blocks if self._kv_cache_config is not None else None
+        for index, (name, cache) in enumerate(kv_caches.items()):
             self._layer_index[name] = index
-            self._layer_views.append(view)
+            self._layer_views.append(block_first_view(cache, num_blocks))
         self._start_receivers()
 
     def _start_receivers(self) -> None:
@@ -207,11 +258,14 @@ class PdserveConnector(KVConnectorBase_V1):
         self._assembler = TransferAssembler(self._write_blocks, timeout_s=float(self._extra.get("timeout_s", 10.0)))
         self._receivers.append(ZmqReceiver(self._assembler, host, int(self._extra.get("zmq_port", 0))))
         self._sender = make_sender(self._extra.get("transport", "zmq"))
-        service = KVTransferService(self._assembler, self._sender.counters)
-        server, _endpoint = serve_kv_service(service, host, int(self._extra.get("grpc_port", 0)))
+        service = KVTransferService(self._assembler, self._sender.counters, ENGINE_BLOCKS.counts)
+        server, grpc_endpoint = serve_kv_service(service, host, int(self._extra.get("grpc_port", 0)))
         self._receivers.append(server)
-        log.info("pdserve KV connector: %d layers, receiving on %s and grpc port %s", len(self._layer_views),
-                 self._receivers[0].endpoint, self._extra.get("grpc_port"))
+        endpoints = {"zmq": self._receivers[0].endpoint, "grpc": grpc_endpoint}
+        if self._extra.get("endpoint_file"):
+            _write_atomically(self._extra["endpoint_file"], json.dumps(endpoints))
+        log.info("pdserve KV connector: %d layers, receiving on %s and %s", len(self._layer_views),
+                 endpoints["zmq"], endpoints["grpc"])
 
     def _write_blocks(self, layer_index: int, dest_block_ids: list[int], header: Header, payload: memoryview,
                       first_row: int) -> None:

@@ -271,9 +271,12 @@ class ZmqReceiver:
 class KVTransferService(kv_pb2_grpc.KVTransferServicer):
     """gRPC data transport and control for one assembler (and, for stats, the local sender)."""
 
-    def __init__(self, assembler: TransferAssembler | None, sender_counters: SenderCounters | None = None) -> None:
+    def __init__(self, assembler: TransferAssembler | None, sender_counters: SenderCounters | None = None,
+                 block_counts: Any = None) -> None:
+        """`block_counts()`, if given, returns the engine's (free, total) KV blocks for the stats reply."""
         self._assembler = assembler
         self._sender_counters = sender_counters
+        self._block_counts = block_counts
 
     def Push(self, request_iterator, context):  # noqa: N802 - gRPC method name
         frames = size = 0
@@ -305,6 +308,8 @@ class KVTransferService(kv_pb2_grpc.KVTransferServicer):
         if self._sender_counters is not None:
             reply.bytes_sent_total = self._sender_counters.bytes_sent
             reply.frames_sent_total = self._sender_counters.frames_sent
+        if self._block_counts is not None:
+            reply.num_free_blocks, reply.num_total_blocks = self._block_counts()
         return reply
 
 

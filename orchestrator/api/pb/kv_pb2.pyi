@@ -87,7 +87,7 @@ class TransferOutcome(_message.Message):
     def __init__(self, transfer_id: _Optional[str] = ..., complete: _Optional[bool] = ..., recomputed: _Optional[bool] = ..., failure: _Optional[str] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class GetTransferStatsResponse(_message.Message):
-    __slots__ = ("bytes_total", "frames_total", "transfers_completed", "transfers_recomputed", "seconds_total", "checksum_failures", "timeouts", "outcomes", "bytes_sent_total", "frames_sent_total")
+    __slots__ = ("bytes_total", "frames_total", "transfers_completed", "transfers_recomputed", "seconds_total", "checksum_failures", "timeouts", "outcomes", "bytes_sent_total", "frames_sent_total", "num_free_blocks", "num_total_blocks")
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     FRAMES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     TRANSFERS_COMPLETED_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,8 @@ class GetTransferStatsResponse(_message.Message):
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     BYTES_SENT_TOTAL_FIELD_NUMBER: _ClassVar[int]
     FRAMES_SENT_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    NUM_FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOTAL_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     bytes_total: int
     frames_total: int
     transfers_completed: int
@@ -108,4 +110,6 @@ class GetTransferStatsResponse(_message.Message):
     outcomes: _containers.RepeatedCompositeFieldContainer[TransferOutcome]
     bytes_sent_total: int
     frames_sent_total: int
-    def __init__(self, bytes_total: _Optional[int] = ..., frames_total: _Optional[int] = ..., transfers_completed: _Optional[int] = ..., transfers_recomputed: _Optional[int] = ..., seconds_total: _Optional[float] = ..., checksum_failures: _Optional[int] = ..., timeouts: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[TransferOutcome, _Mapping]]] = ..., bytes_sent_total: _Optional[int] = ..., frames_sent_total: _Optional[int] = ...) -> None: ...
+    num_free_blocks: int
+    num_total_blocks: int
+    def __init__(self, bytes_total: _Optional[int] = ..., frames_total: _Optional[int] = ..., transfers_completed: _Optional[int] = ..., transfers_recomputed: _Optional[int] = ..., seconds_total: _Optional[float] = ..., checksum_failures: _Optional[int] = ..., timeouts: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[TransferOutcome, _Mapping]]] = ..., bytes_sent_total: _Optional[int] = ..., frames_sent_total: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_total_blocks: _Optional[int] = ...) -> None: ...

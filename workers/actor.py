@@ -1,0 +1,227 @@
+"""The worker: one engine in one Ray actor, in the prefill, decode or colocated pool.
+
+The controller creates workers as Ray actors (`ray.remote(Worker)`, pinned by the `prefill` / `decode`
+custom resources, on the CPU bound to their own cores); the gateway calls them. Life of a worker:
+1. `__init__` (cheap): remember the config; bind the engine's threads to its cores (the env var is
+   read when the engine starts its process).
+2. `start()` loads the engine and returns its `EngineInfo` (KV endpoints among it).
+3. Serving:
+   - `prefill(request)` runs a prompt (`max_tokens=1`) whose KV is pushed to a decode worker while it
+     is computed, and returns the first token. The worker then waits, off the request's path, for the
+     receiver to acknowledge the transfer (its outcome appears in the receiver's stats service), so a
+     draining prefill worker leaves only once its KV has been delivered.
+   - `generate(request)` (a Ray streaming generator) yields lists of `EngineOutput`s: decode (after a
+     transfer), colocated serving, recompute after a failed transfer, or a migrated request.
+   - `abort(request_id)` stops a request and frees its blocks, whichever method runs it.
+4. `drain()` refuses new work and returns once nothing is in flight (requests and KV handoffs), or at
+   its timeout; the controller then calls `shutdown()` and kills the actor.
+`stats()` is what the controller polls for health and load. Every method runs on the actor's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import grpc
+
+from orchestrator.api.pb import kv_pb2, kv_pb2_grpc
+from orchestrator.config import PdserveConfig
+from workers.engine.base import BaseEngine, EngineInfo, EngineOutput, EngineRequest, EngineStats
+
+log = logging.getLogger(__name__)
+
+ACK_POLL_S = 0.02
+ACK_GRACE_S = 5.0  # beyond the KV timeout, how long a handoff is awaited before it is given up
+
+
+class WorkerDraining(Exception):
+    """The worker is draining or stopped: send the request elsewhere."""
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    """What a prefill produced: its first token (None when aborted) and what it cost."""
+
+    first_token: int | None
+    finish_reason: str | None  # "stop": the first token ended the request; "abort": it was aborted
+    num_cached_tokens: int
+    engine_ms: float
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    worker_id: str
+    tier: str
+    engine: EngineStats
+    num_in_flight: int  # requests this worker runs now
+    num_handoffs: int  # prefills whose KV the receiver has not acknowledged yet
+    draining: bool
+    kv_sent_bytes: int
+    kv_received_bytes: int
+    kv_transfers_completed: int
+    kv_transfers_recomputed: int
+    kv_transfer_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_engine(config: PdserveConfig, model_dir: str, tier: str, worker_id: str) -> BaseEngine:
+    """The engine `config.engine.kind` names, set up for `tier`."""
+    kv = None
+    if tier != "colocated":
+        kv = {"transport": config.kv.transport, "host": config.kv.host, "timeout_s": config.kv.timeout_s}
+    if config.engine.kind == "timing":
+        from workers.engine.timing import TimingEngine
+
+        return TimingEngine(config.model, config.engine, worker_id=worker_id, kv=kv)
+    from workers.engine.vllm_engine import VllmEngine
+
+    return VllmEngine(model_dir, config.model, config.engine, worker_id=worker_id, kv=kv)
+
+
+class Worker:
+    """The body of a worker actor (usable without Ray in tests)."""
+
+    def __init__(self, worker_id: str, tier: str, config: dict[str, Any], model_dir: str,
+                 cpu_cores: str | None = None) -> None:
+        if cpu_cores is not None:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_cores
+        self.worker_id = worker_id
+        self.tier = tier
+        self.config = PdserveConfig.model_validate(config)
+        self.engine = build_engine(self.config, model_dir, tier, worker_id)
+        self.info: EngineInfo | None = None
+        self.draining = False
+        self._in_flight: set[str] = set()
+        self._handoffs: set[str] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._channels: dict[str, Any] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # ---- life cycle ------------------------------------------------------------------------------
+
+    async def start(self) -> EngineInfo:
+        started = time.monotonic()
+        self.info = await self.engine.start()
+        log.info("worker %s (%s) ready in %.1f s: %s", self.worker_id, self.tier, time.monotonic() - started, self.info)
+        return self.info
+
+    def ping(self) -> str:
+        return self.worker_id
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests; True once nothing is in flight, False if `timeout_s` passed first."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    async def shutdown(self) -> None:
+        self.draining = True
+        for task in list(self._tasks):
+            task.cancel()
+        for channel in self._channels.values():
+            await channel.close()
+        await self.engine.shutdown()
+
+    # ---- serving ---------------------------------------------------------------------------------
+
+    async def prefill(self, request: EngineRequest) -> PrefillResult:
+        """Compute the prompt, push its KV, return the first token. Raises WorkerDraining when draining."""
+        self._admit(request.request_id)
+        started = time.monotonic()
+        first, reason, cached = None, None, 0
+        try:
+            async for output in self.engine.generate(request):
+                if output.token_ids and first is None:
+                    first = output.token_ids[0]
+                cached = max(cached, output.num_cached_tokens)
+                if output.finished:
+                    reason = output.finish_reason
+        finally:
+            if request.kv_push is not None and first is not None:
+                self._handoffs.add(request.request_id)
+                self._spawn(self._await_handoff(request))
+            self._release(request.request_id)
+        return PrefillResult(first, reason if first is not None else "abort", cached, (time.monotonic() - started) * 1000)
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[list[EngineOutput]]:
+        """Run a request to its end, yielding its outputs (a Ray streaming generator)."""
+        self._admit(request.request_id)
+        try:
+            async for output in self.engine.generate(request):
+                yield [output]
+        finally:
+            self._release(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        await self.engine.abort(request_id)
+
+    def stats(self) -> WorkerStats:
+        counters = getattr(self.engine, "kv_counters", lambda: {})()
+        return WorkerStats(
+            worker_id=self.worker_id, tier=self.tier, engine=self.engine.stats(), num_in_flight=len(self._in_flight),
+            num_handoffs=len(self._handoffs), draining=self.draining,
+            kv_sent_bytes=int(counters.get("bytes_sent_total", 0)),
+            kv_received_bytes=int(counters.get("bytes_total", 0)),
+            kv_transfers_completed=int(counters.get("transfers_completed", 0)),
+            kv_transfers_recomputed=int(counters.get("transfers_recomputed", 0)),
+            kv_transfer_seconds=float(counters.get("seconds_total", 0.0)))
+
+    # ---- internals -------------------------------------------------------------------------------
+
+    def _admit(self, request_id: str) -> None:
+        if self.draining:
+            raise WorkerDraining(f"worker {self.worker_id} is draining: send the request to another worker")
+        self._in_flight.add(request_id)
+        self._idle.clear()
+
+    def _release(self, request_id: str) -> None:
+        self._in_flight.discard(request_id)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self._in_flight and not self._handoffs:
+            self._idle.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _await_handoff(self, request: EngineRequest) -> None:
+        """Wait until the receiver reports the transfer's outcome (delivered or given up)."""
+        push = request.kv_push
+        deadline = time.monotonic() + self.config.kv.timeout_s + ACK_GRACE_S
+        try:
+            if push.control_endpoint:
+                stub = self._control(push.control_endpoint)
+                query = kv_pb2.GetTransferStatsRequest(transfer_ids=[push.transfer_id])
+                while time.monotonic() < deadline:
+                    try:
+                        reply = await stub.GetTransferStats(query, timeout=2.0)
+                        if reply.outcomes:
+                            return
+                    except grpc.aio.AioRpcError:
+                        return  # the receiver is gone: nothing left to deliver to
+                    await asyncio.sleep(ACK_POLL_S)
+                log.warning("worker %s: transfer %s not acknowledged in time", self.worker_id, push.transfer_id)
+        finally:
+            self._handoffs.discard(request.request_id)
+            self._check_idle()
+
+    def _control(self, endpoint: str) -> kv_pb2_grpc.KVTransferStub:
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint.removeprefix("grpc://"))
+        return kv_pb2_grpc.KVTransferStub(channel)
