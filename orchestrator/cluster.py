@@ -1,0 +1,176 @@
+"""Bring a whole pdserve cluster up and down: Ray, the controller, the workers, the gateway, the APIs.
+
+    cluster = await ServingCluster.start(config, model_dir)   # returns once every worker is ready
+    print(cluster.servers.grpc_target, cluster.servers.http_url)
+    ...
+    await cluster.stop()
+
+Life of a cluster (what `pdserve up` runs, and what the integration tests share per session):
+1. The API ports are checked first, so a busy port fails in a second, before any engine starts.
+2. Ray: joined at `config.ray_address`, or started embedded on this machine with the `prefill` and
+   `decode` custom resources the workers are pinned by (`ray.init`, stopped again by `stop()`).
+3. The controller actor starts the pools (`ClusterController.start`).
+4. The gateway (tokenizer, router, budgets) and both API servers start on the caller's event loop.
+`stop()` undoes it in reverse: servers (in-flight requests get `server.shutdown_grace_s`), gateway,
+controller (stops every worker and its engine process), Ray (when embedded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import PdserveConfig
+from orchestrator.errors import StartupError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_RESOURCES = 1024  # of each tier resource on the embedded node: room for any pool size
+OBJECT_STORE_BYTES = 256 << 20
+
+
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Raise StartupError naming the flag to change when a port is already in use (0 is always free)."""
+    for flag, port in ports.items():
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise StartupError(f"port {port} on {host} is in use: pass {flag} or stop the other server") from None
+                raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def model_id(name: str) -> str:
+    """The id clients name the model by: the catalogue name, or the directory's name."""
+    from workers.modelstore import CATALOG
+
+    return name if name in CATALOG else Path(name).expanduser().name
+
+
+def start_ray(config: PdserveConfig, *, log_to_driver: bool = False) -> bool:
+    """Join or start Ray; True when this call started an embedded cluster (stop it with ray.shutdown)."""
+    import ray
+
+    from orchestrator.controller import NAMESPACE
+
+    if ray.is_initialized():
+        return False
+    if config.ray_address:
+        try:
+            ray.init(address=config.ray_address, namespace=NAMESPACE, log_to_driver=log_to_driver)
+        except ConnectionError as exc:
+            raise StartupError(f"cannot join the Ray cluster at {config.ray_address}: {exc}") from None
+        return False
+    ray.init(num_cpus=_embedded_cpus(config), resources={"prefill": EMBEDDED_RESOURCES, "decode": EMBEDDED_RESOURCES},
+             namespace=NAMESPACE, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
+             log_to_driver=log_to_driver, configure_logging=False)
+    return True
+
+
+def _embedded_cpus(config: PdserveConfig) -> int:
+    """Logical CPUs of the embedded node: the cores, or more when the pools reserve more than there are
+    (the engines then share cores; Ray would otherwise leave the extra workers pending)."""
+    pools, planner = config.pools, config.planner
+    most_workers = max(pools.num_prefill + pools.num_decode,
+                       (planner.prefill.max_replicas + planner.decode.max_replicas) if planner.enabled else 0)
+    return max(os.cpu_count() or 1, int(most_workers * pools.cpus_per_worker + 0.999))
+
+
+@dataclass
+class ServingCluster:
+    config: PdserveConfig
+    controller: Any
+    gateway: Any
+    servers: Any
+    owns_ray: bool
+
+    @classmethod
+    async def start(cls, config: PdserveConfig, model_dir: str, *, log_to_driver: bool = False,
+                    api_keys: Any = None) -> ServingCluster:
+        """Start everything (see the module docstring). Raises StartupError, leaving nothing running."""
+        import ray
+
+        from orchestrator.controller import CONTROLLER_NAME, NAMESPACE, ClusterController
+        from orchestrator.gateway.service import Gateway
+        from orchestrator.gateway.text import PromptTokenizer
+
+        server = config.server
+        check_ports_free(server.host, {"--grpc-port": server.grpc_port, "--http-port": server.http_port})
+        owns_ray = start_ray(config, log_to_driver=log_to_driver)
+        controller = None
+        try:
+            controller = ray.remote(ClusterController).options(
+                name=CONTROLLER_NAME, namespace=NAMESPACE, num_cpus=0, max_concurrency=1000, get_if_exists=False,
+            ).remote(config.model_dump(mode="json"), model_dir)
+            await _start_controller(controller)
+            tokenizer = PromptTokenizer(model_dir, config.model.think_start, config.model.think_end) \
+                if config.engine.kind == "vllm" else _timing_tokenizer(config)
+            gateway = Gateway(controller, config, tokenizer, model_id(config.model.name), profile=_profile(config))
+            await gateway.start()
+            servers = await _start_servers(gateway, config, api_keys)
+        except BaseException:
+            await _teardown(controller, owns_ray)
+            raise
+        return cls(config, controller, gateway, servers, owns_ray)
+
+    async def stop(self) -> None:
+        await self.servers.stop()
+        await self.gateway.stop()
+        await _teardown(self.controller, self.owns_ray)
+
+
+async def _start_controller(controller: Any) -> None:
+    import ray
+
+    try:
+        await controller.start.remote()
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.as_instanceof_cause()
+        if isinstance(cause, StartupError):
+            raise StartupError(cause.message) from None
+        raise StartupError(f"the controller failed to start the pools: {exc}") from None
+    except ray.exceptions.RayError as exc:
+        raise StartupError(f"the controller failed to start the pools: {exc}") from None
+
+
+async def _start_servers(gateway: Any, config: PdserveConfig, api_keys: Any) -> Any:
+    from orchestrator.api.servers import start_servers
+
+    return await start_servers(gateway, config.server, api_keys=api_keys)
+
+
+def _profile(config: PdserveConfig) -> Any:
+    if config.engine.profile is None:
+        return None
+    from orchestrator.profiles import EngineProfile
+
+    return EngineProfile.load(config.engine.profile)
+
+
+def _timing_tokenizer(config: PdserveConfig) -> Any:
+    from workers.engine.timing import TimingTokenizer
+
+    return TimingTokenizer(config.model)
+
+
+async def _teardown(controller: Any, owns_ray: bool) -> None:
+    import ray
+
+    if controller is not None:
+        try:
+            await asyncio.wait_for(controller.shutdown.remote(), 60.0)
+        except Exception as exc:  # already gone, or stuck: Ray's shutdown below takes the processes
+            log.warning("controller shutdown: %s", exc)
+        ray.kill(controller, no_restart=True)
+    if owns_ray:
+        ray.shutdown()

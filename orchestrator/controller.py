@@ -1,0 +1,269 @@
+"""The controller: a Ray actor that owns the worker pools, their health and their size.
+
+Life of the controller (`pdserve up` creates one, named `pdserve-controller` in namespace `pdserve`):
+1. `start()` creates the initial pools (prefill + decode, or colocated) in parallel and returns once
+   every worker is ready; a worker that fails to start fails the start with its error.
+2. A health loop polls every worker's `stats()` every `HEALTH_INTERVAL_S`: a worker whose actor died is
+   removed (the gateway moves its requests), and a replacement is started while the pool is below the
+   size asked for.
+3. `scale_to(tier, n)` (the planner's Ray actuator, or a person) grows a pool by starting workers, or
+   shrinks it by draining: the chosen workers get no new requests (the gateway sees `draining` in the
+   next snapshot; a request that races it is refused by the worker and sent elsewhere), finish what
+   they hold (a prefill worker until its KV is acknowledged), and only then are stopped.
+4. `snapshot()` is what the gateway routes on: every worker with its actor handle, state and load.
+5. `shutdown()` drains nothing: it stops every worker (the API servers stopped first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from orchestrator.config import PdserveConfig
+from orchestrator.errors import StartupError
+
+log = logging.getLogger(__name__)
+
+CONTROLLER_NAME = "pdserve-controller"
+NAMESPACE = "pdserve"
+HEALTH_INTERVAL_S = 0.5
+STATS_TIMEOUT_S = 10.0
+DRAIN_TIMEOUT_S = 600.0
+MAX_RESTART_BACKOFF_S = 60.0
+TIERS = ("prefill", "decode")
+
+
+@dataclass
+class WorkerRecord:
+    worker_id: str
+    tier: str  # "prefill" | "decode" | "colocated"
+    handle: Any
+    state: str = "starting"  # starting | ready | draining | failed
+    info: Any = None  # EngineInfo once started
+    stats: Any = None  # latest WorkerStats
+    error: str = ""
+    started_s: float = field(default_factory=time.monotonic)
+    cores: str | None = None
+
+    def view(self) -> dict[str, Any]:
+        """What the gateway and `pdserve status` see of this worker."""
+        return {"worker_id": self.worker_id, "tier": self.tier, "handle": self.handle, "state": self.state,
+                "info": self.info, "stats": self.stats, "error": self.error}
+
+
+class ClusterController:
+    """The body of the controller actor (see the module docstring)."""
+
+    def __init__(self, config: dict[str, Any], model_dir: str) -> None:
+        self.config = PdserveConfig.model_validate(config)
+        self.model_dir = model_dir
+        self.workers: dict[str, WorkerRecord] = {}
+        self.desired: dict[str, int] = {}
+        self._next_core = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._health_task: asyncio.Task | None = None
+        self._stopping = False
+        self._planner: Any = None
+        self._start_failures: dict[str, tuple[int, float]] = {}  # tier -> (failures in a row, last failure)
+
+    # ---- life cycle ------------------------------------------------------------------------------
+
+    async def start(self) -> dict[str, int]:
+        """Start the initial pools; returns ready workers per tier. Raises StartupError on a failed worker."""
+        pools = self.config.pools
+        if pools.colocated:
+            self.desired = {"prefill": 0, "decode": pools.num_decode}
+        else:
+            self.desired = {"prefill": pools.num_prefill, "decode": pools.num_decode}
+        records = [self._create(tier) for tier in TIERS for _ in range(self.desired[tier])]
+        await asyncio.gather(*(self._start_worker(r) for r in records))
+        failed = [r for r in records if r.state == "failed"]
+        if failed:
+            raise StartupError("workers failed to start:\n" + "\n".join(f"  {r.worker_id}: {r.error}" for r in failed))
+        self._health_task = asyncio.create_task(self._health_loop(), name="pdserve-health")
+        return self.replicas()
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        if self._planner is not None:
+            await self._planner.stop()
+        if self._health_task is not None:
+            self._health_task.cancel()
+        await asyncio.gather(*(self._stop_worker(r) for r in list(self.workers.values())), return_exceptions=True)
+        self.workers.clear()
+
+    # ---- queries ---------------------------------------------------------------------------------
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [r.view() for r in self.workers.values()]
+
+    def replicas(self) -> dict[str, int]:
+        """Ready, non-draining workers per tier (colocated workers count as decode)."""
+        counts = dict.fromkeys(TIERS, 0)
+        for record in self.workers.values():
+            if record.state == "ready":
+                counts[_pool(record.tier)] += 1
+        return counts
+
+    def desired_replicas(self) -> dict[str, int]:
+        return dict(self.desired)
+
+    def planner_state(self) -> dict[str, Any]:
+        """The planner's last decision (empty while autoscaling is off)."""
+        return self._planner.state() if self._planner is not None else {}
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    # ---- scaling ---------------------------------------------------------------------------------
+
+    async def scale_to(self, tier: str, num_workers: int) -> None:
+        """Grow or shrink pool `tier` to `num_workers` (see the module docstring); returns at once,
+        the starts and drains go on in the background. Raises ValueError on a bad tier or count."""
+        if tier not in TIERS or num_workers < 0:
+            raise ValueError(f"scale_to needs a tier in {TIERS} and a count >= 0, got {tier!r}, {num_workers}")
+        if tier == "prefill" and self.config.pools.colocated and num_workers:
+            raise ValueError("a colocated cluster has no prefill pool")
+        self.desired[tier] = num_workers
+        self._reconcile(tier)
+
+    def _reconcile(self, tier: str) -> None:
+        if self._stopping:
+            return
+        live = [r for r in self.workers.values() if _pool(r.tier) == tier and r.state in ("starting", "ready")]
+        missing = self.desired[tier] - len(live)
+        failures, last_s = self._start_failures.get(tier, (0, 0.0))
+        if missing > 0 and failures and time.monotonic() - last_s < min(2.0 ** failures, MAX_RESTART_BACKOFF_S):
+            return  # workers of this tier keep failing to start: back off before the next try
+        for _ in range(max(missing, 0)):
+            self._spawn(self._start_worker(self._create(tier)))
+        for record in self._removal_order(live)[:max(-missing, 0)]:
+            self._spawn(self._retire(record))
+
+    @staticmethod
+    def _removal_order(records: list[WorkerRecord]) -> list[WorkerRecord]:
+        """Workers still starting first (newest first), then the least busy."""
+        def key(r: WorkerRecord) -> tuple:
+            busy = r.stats.num_in_flight + r.stats.num_handoffs if r.stats else 0
+            return (r.state != "starting", busy, -r.started_s)
+        return sorted(records, key=key)
+
+    async def drain_worker(self, worker_id: str) -> bool:
+        """Drain and stop one worker now (and do not replace it). False if it is unknown."""
+        record = self.workers.get(worker_id)
+        if record is None:
+            return False
+        pool = _pool(record.tier)
+        self.desired[pool] = max(self.desired[pool] - 1, 0)
+        await self._retire(record)
+        return True
+
+    async def _retire(self, record: WorkerRecord) -> None:
+        record.state = "draining"
+        if record.info is not None:
+            drained = await _call(record.handle.drain.remote(DRAIN_TIMEOUT_S), DRAIN_TIMEOUT_S + 5)
+            if drained is not True:
+                log.warning("worker %s did not drain within %.0f s; stopping it anyway", record.worker_id, DRAIN_TIMEOUT_S)
+        await self._stop_worker(record)
+
+    # ---- workers ---------------------------------------------------------------------------------
+
+    def _create(self, tier: str) -> WorkerRecord:
+        from workers.actor import Worker
+
+        actual = "colocated" if self.config.pools.colocated else tier
+        worker_id = f"{actual}-{uuid.uuid4().hex[:6]}"
+        pools = self.config.pools
+        cores = self._cores()
+        options: dict[str, Any] = {
+            "name": worker_id, "namespace": NAMESPACE, "num_cpus": pools.cpus_per_worker,
+            "num_gpus": pools.gpus_per_worker, "resources": {tier: 1}, "max_concurrency": 10_000,
+            "max_restarts": 0, "lifetime": None,
+        }
+        handle = ray.remote(Worker).options(**options).remote(
+            worker_id, actual, self.config.model_dump(mode="json"), self.model_dir, cores)
+        record = WorkerRecord(worker_id, actual, handle, cores=cores)
+        self.workers[worker_id] = record
+        return record
+
+    def _cores(self) -> str | None:
+        """The CPU cores of the next vLLM worker on a CPU-only local node (None: leave it to vLLM)."""
+        pools, engine = self.config.pools, self.config.engine
+        if engine.kind != "vllm" or not pools.bind_cores or pools.gpus_per_worker > 0 or self.config.ray_address:
+            return None
+        cores = sorted(os.sched_getaffinity(0))
+        width = max(1, int(pools.cpus_per_worker))
+        start = (self._next_core * width) % len(cores)
+        self._next_core += 1
+        chosen = [cores[(start + i) % len(cores)] for i in range(min(width, len(cores)))]
+        return ",".join(str(c) for c in chosen)
+
+    async def _start_worker(self, record: WorkerRecord) -> None:
+        try:
+            record.info = await _call(record.handle.start.remote(), self.config.pools.start_timeout_s)
+            record.stats = await _call(record.handle.stats.remote(), STATS_TIMEOUT_S)
+        except Exception as exc:  # a RayActorError, a timeout or the engine's own error: keep the reason
+            record.state, record.error = "failed", _reason(exc)
+            log.error("worker %s failed to start: %s", record.worker_id, record.error)
+            pool = _pool(record.tier)
+            self._start_failures[pool] = (self._start_failures.get(pool, (0, 0.0))[0] + 1, time.monotonic())
+            await self._stop_worker(record, keep_record=True)
+            return
+        self._start_failures.pop(_pool(record.tier), None)
+        if record.state == "starting":
+            record.state = "ready"
+            log.info("worker %s ready (%s)", record.worker_id, record.info)
+
+    async def _stop_worker(self, record: WorkerRecord, keep_record: bool = False) -> None:
+        try:
+            await _call(record.handle.shutdown.remote(), 30.0)
+        except Exception as exc:  # already dead: nothing to stop
+            log.debug("worker %s shutdown: %s", record.worker_id, _reason(exc))
+        ray.kill(record.handle, no_restart=True)
+        if not keep_record:
+            self.workers.pop(record.worker_id, None)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            ready = [r for r in self.workers.values() if r.state in ("ready", "draining")]
+            results = await asyncio.gather(*(_call(r.handle.stats.remote(), STATS_TIMEOUT_S) for r in ready),
+                                           return_exceptions=True)
+            for record, result in zip(ready, results):
+                if isinstance(result, ray.exceptions.RayActorError):
+                    log.error("worker %s died: %s", record.worker_id, _reason(result))
+                    record.state, record.error = "failed", _reason(result)
+                    self.workers.pop(record.worker_id, None)
+                elif not isinstance(result, BaseException):
+                    record.stats = result
+            for worker_id in [w for w, r in self.workers.items() if r.state == "failed"]:
+                self.workers.pop(worker_id, None)  # failed starts: reported once, then replaced
+            for tier in TIERS:
+                self._reconcile(tier)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _pool(tier: str) -> str:
+    return "decode" if tier == "colocated" else tier
+
+
+async def _call(ref: Any, timeout_s: float) -> Any:
+    return await asyncio.wait_for(ref, timeout_s)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

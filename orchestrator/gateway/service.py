@@ -1,0 +1,344 @@
+"""The gateway: the real `BaseGateway`, between the API servers and the Ray cluster.
+
+It runs on the API servers' event loop (in the `pdserve up` process) and holds:
+- the tokenizer (`text.PromptTokenizer`): prompts become ids once, here;
+- a snapshot of the workers, refreshed from the controller every `refresh_s`, plus its own count of
+  what it dispatched to each worker since (fresher than the workers' stats);
+- the prefix index (which decode worker probably holds which prompt blocks), for `router.pick`;
+- tenant quotas and the dispatch queue (fair order when every decode slot is taken);
+- the requests running now, for `cancel`.
+Each request runs as a `run.RequestRun`: admission happens in `generate` before the first chunk (so
+its refusals become API statuses), the rest in the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator import metrics
+from orchestrator.budget import AdmissionRequest, BudgetMeter, TenantQuotas, admit
+from orchestrator.budget import metrics as budget_metrics
+from orchestrator.config import PdserveConfig
+from orchestrator.errors import BudgetRefused, InvalidRequest, PermissionDenied, QuotaExceeded, Unavailable
+from orchestrator.gateway.base import BaseGateway, Health, ModelInfo
+from orchestrator.gateway.queue import DispatchQueue
+from orchestrator.gateway.run import RequestRun
+from orchestrator.gateway.text import PromptTokenizer
+from orchestrator.hashing import block_hashes
+from orchestrator.request import Budget, GenerationChunk, Request
+from orchestrator.router import ClusterSnapshot, PrefixIndex, RouteDecision, RouteRequest, WorkerLoad, pick
+from workers.engine.base import ThinkingLimits
+
+log = logging.getLogger(__name__)
+
+PROMPT_CACHE_SIZE = 4096
+TRANSFER_RATE_WINDOW_S = 30.0
+
+
+@dataclass
+class WorkerView:
+    """One worker as the gateway sees it (from the controller's snapshot)."""
+
+    worker_id: str
+    tier: str  # prefill | decode | colocated
+    handle: Any
+    state: str
+    info: Any  # EngineInfo
+    stats: Any  # WorkerStats
+
+    @property
+    def pool(self) -> str:
+        return "decode" if self.tier == "colocated" else self.tier
+
+
+@dataclass
+class LocalLoad:
+    """What this gateway dispatched to a worker and is still running there."""
+
+    running: int = 0
+    pending_prefill_tokens: int = 0
+
+
+@dataclass
+class Running:
+    tenant: str
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Gateway(BaseGateway):
+    def __init__(self, controller: Any, config: PdserveConfig, tokenizer: PromptTokenizer, model_id: str, *,
+                 profile: Any = None, clock: Callable[[], float] = time.monotonic, refresh_s: float = 0.2) -> None:
+        """`controller`: the controller actor's handle. `profile`: an EngineProfile for admission's
+        predicted prefill time (None: deadlines are not checked against it)."""
+        self.controller = controller
+        self.config = config
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.profile = profile
+        self.clock = clock
+        self.refresh_s = refresh_s
+        self.quotas = TenantQuotas(config.budget)
+        self.queue = DispatchQueue(self._capacity, config.budget)
+        self.num_requests = 0
+        self._views: dict[str, WorkerView] = {}
+        self._local: dict[str, LocalLoad] = {}
+        self._prefix = PrefixIndex(config.router.prefix_cache_blocks)
+        self._running: dict[str, Running] = {}
+        self._prompts: OrderedDict[str, list[int]] = OrderedDict()
+        self._tasks: set[asyncio.Task] = set()
+        self._refresher: asyncio.Task | None = None
+        self._controller_error = ""
+        self._transfer_samples: list[tuple[float, int, float]] = []  # (time, bytes, transfer s), all workers
+        self._thinking: dict[tuple[Any, ...], ThinkingLimits] = {}
+
+    # ---- life cycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="pdserve-gateway-refresh")
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        for task in list(self._tasks):
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def refresh(self) -> None:
+        """Read the controller's snapshot of the workers."""
+        try:
+            records = await asyncio.wait_for(self.controller.snapshot.remote(), 10.0)
+            self._controller_error = ""
+        except Exception as exc:  # the controller is gone or stuck: report unready, keep the last view
+            self._controller_error = f"controller unreachable: {exc}"
+            log.warning("gateway: %s", self._controller_error)
+            return
+        self._views = {r["worker_id"]: WorkerView(r["worker_id"], r["tier"], r["handle"], r["state"], r["info"], r["stats"])
+                       for r in records}
+        for worker_id in set(self._local) - set(self._views):
+            self._local.pop(worker_id, None)
+            self._prefix.forget(worker_id)
+        self._sample_transfers()
+        self.queue.poke()
+
+    def _sample_transfers(self) -> None:
+        now = self.clock()
+        stats = [v.stats for v in self._views.values() if v.stats is not None]
+        self._transfer_samples.append((now, sum(s.kv_received_bytes for s in stats),
+                                       sum(s.kv_transfer_seconds for s in stats)))
+        while len(self._transfer_samples) > 2 and now - self._transfer_samples[0][0] > TRANSFER_RATE_WINDOW_S:
+            self._transfer_samples.pop(0)
+
+    def recent_transfer_rate(self) -> float:
+        """KV bytes received per second over the last TRANSFER_RATE_WINDOW_S (all decode workers)."""
+        if len(self._transfer_samples) < 2:
+            return 0.0
+        (t0, b0, _), (t1, b1, _) = self._transfer_samples[0], self._transfer_samples[-1]
+        return max(b1 - b0, 0) / (t1 - t0) if t1 > t0 else 0.0
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            await self.refresh()
+
+    # ---- BaseGateway -----------------------------------------------------------------------------
+
+    def generate(self, request: Request) -> AsyncIterator[GenerationChunk]:
+        return self._generate(request)
+
+    async def _generate(self, request: Request) -> AsyncIterator[GenerationChunk]:
+        now = self.clock()
+        prompt_ids = self._take_prompt_ids(request)
+        meter = self._admit(request, prompt_ids, now)
+        if request.request_id in self._running:
+            raise InvalidRequest(f"a request with id {request.request_id!r} is already running: use a new id")
+        running = self._running[request.request_id] = Running(request.tenant)
+        self.num_requests += 1
+        metrics.in_flight_requests.inc()
+        try:
+            async for chunk in RequestRun(self, request, prompt_ids, meter, running).chunks():
+                yield chunk
+        finally:
+            self._running.pop(request.request_id, None)
+            metrics.in_flight_requests.dec()
+
+    def _admit(self, request: Request, prompt_ids: list[int], now: float) -> BudgetMeter:
+        budget_config = self.config.budget
+        try:
+            admission = admit(AdmissionRequest(request.tenant, len(prompt_ids), max_tokens=request.sampling.max_tokens),
+                              request.budget, budget_config.tenant(request.tenant), budget_config.pricing, now_s=now,
+                              predicted_prefill_ms=self._predicted_prefill_ms(len(prompt_ids)))
+        except BudgetRefused:
+            budget_metrics.observe_exhausted("refused")
+            raise
+        try:
+            self.quotas.admit(request.tenant, num_prompt_tokens=len(prompt_ids),
+                              prefill_cost_usd=admission.prefill_cost_usd, now_s=now)
+        except QuotaExceeded:
+            budget_metrics.observe_exhausted("quota")
+            raise
+        return BudgetMeter(admission, self.tokenizer.think_start_ids, self.tokenizer.think_end_ids,
+                           prompt_ids=prompt_ids, now_s=now)
+
+    def _predicted_prefill_ms(self, num_prompt_tokens: int) -> float | None:
+        if self.profile is None:
+            return None
+        return self.profile.predict_prefill_ms([num_prompt_tokens])
+
+    async def cancel(self, request_id: str, tenant: str) -> bool:
+        running = self._running.get(request_id)
+        if running is None:
+            return False
+        if running.tenant != tenant:
+            raise PermissionDenied(f"request {request_id} belongs to another tenant: a tenant cancels only its own")
+        running.cancelled.set()
+        return True
+
+    def models(self) -> list[ModelInfo]:
+        lengths = [v.info.max_model_len for v in self._views.values() if v.info is not None]
+        return [ModelInfo(self.model_id, min(lengths) if lengths else self.config.model.max_model_len)]
+
+    def health(self) -> Health:
+        ready = self._ready_counts()
+        needed = ("decode",) if self.config.pools.colocated else ("prefill", "decode")
+        ok = not self._controller_error and all(ready[pool] > 0 for pool in needed)
+        detail: dict[str, Any] = {"pools": ready}
+        if self._controller_error:
+            detail["error"] = self._controller_error
+        return Health(ok, detail)
+
+    def count_prompt_tokens(self, request: Request) -> int:
+        ids = self.tokenizer.encode(request.prompt, start_thinking=request.budget.start_thinking)
+        self._prompts[request.request_id] = ids
+        while len(self._prompts) > PROMPT_CACHE_SIZE:
+            self._prompts.popitem(last=False)
+        return len(ids)
+
+    def _take_prompt_ids(self, request: Request) -> list[int]:
+        ids = self._prompts.pop(request.request_id, None)
+        if ids is None:
+            ids = self.tokenizer.encode(request.prompt, start_thinking=request.budget.start_thinking)
+        if not ids:
+            raise InvalidRequest("the prompt encodes to no tokens: send some text")
+        return ids
+
+    async def status(self) -> dict[str, Any]:
+        from orchestrator.gateway.status import status_document
+
+        desired = {}
+        try:
+            desired = await asyncio.wait_for(self.controller.desired_replicas.remote(), 5.0)
+        except Exception as exc:  # status must answer even when the controller does not
+            log.warning("gateway: desired replicas unavailable: %s", exc)
+        planner = {}
+        try:
+            planner = await asyncio.wait_for(self.controller.planner_state.remote(), 5.0)
+        except Exception as exc:
+            log.debug("gateway: planner state unavailable: %s", exc)
+        return status_document(self, desired, planner)
+
+    # ---- for RequestRun --------------------------------------------------------------------------
+
+    @property
+    def block_size(self) -> int:
+        for view in self._views.values():
+            if view.info is not None:
+                return view.info.block_size
+        return self.config.engine.block_size
+
+    def route(self, prompt_ids: list[int], *, exclude: set[str] | frozenset[str] = frozenset(),
+              record: bool = False) -> RouteDecision:
+        """The (prefill, decode) pair for these ids; `record`: remember the decode worker now holds them.
+        Raises Unavailable when no decode worker can take it."""
+        block_size = self.block_size
+        hashes = block_hashes(prompt_ids, block_size)
+        snapshot = self._snapshot(exclude)
+        matches = self._prefix.matches([w.worker_id for w in snapshot.decode], hashes)
+        decision = pick(RouteRequest(len(prompt_ids), hashes, block_size), snapshot, matches, self.config.router)
+        if record:
+            self._prefix.record(decision.decode_worker, hashes)
+        return decision
+
+    def worker(self, worker_id: str) -> WorkerView:
+        view = self._views.get(worker_id)
+        if view is None:
+            raise Unavailable(f"worker {worker_id} left the cluster; retry")
+        return view
+
+    def local_load(self, worker_id: str) -> LocalLoad:
+        return self._local.setdefault(worker_id, LocalLoad())
+
+    def forget(self, worker_id: str) -> None:
+        """A worker failed: route nothing more to it until the controller's snapshot says otherwise."""
+        view = self._views.get(worker_id)
+        if view is not None:
+            view.state = "failed"
+        self._prefix.forget(worker_id)
+
+    def abort_later(self, handle: Any, engine_request_id: str) -> None:
+        """Abort an engine request on its worker without waiting (it frees the request's blocks)."""
+        async def abort() -> None:
+            try:
+                await asyncio.wait_for(handle.abort.remote(engine_request_id), 10.0)
+            except Exception as exc:  # the worker is gone: its blocks went with it
+                log.debug("abort of %s: %s", engine_request_id, exc)
+
+        task = asyncio.ensure_future(abort())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def thinking_limits(self, budget: Budget) -> ThinkingLimits:
+        key = (budget.max_thinking_tokens, budget.min_thinking_tokens, budget.start_thinking)
+        limits = self._thinking.get(key)
+        if limits is None:
+            config = self.config.budget
+            limits = self._thinking[key] = ThinkingLimits(
+                start_ids=self.tokenizer.think_start_ids, end_ids=self.tokenizer.think_end_ids,
+                max_thinking_tokens=budget.max_thinking_tokens, min_thinking_tokens=budget.min_thinking_tokens,
+                wait_ids=self.tokenizer.delimiter_ids(config.wait_text),
+                close_prefix_ids=self.tokenizer.delimiter_ids(config.close_prefix_text) if config.close_prefix_text else (),
+                start_thinking=budget.start_thinking)
+        return limits
+
+    # ---- load ------------------------------------------------------------------------------------
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._running)
+
+    def views(self) -> list[WorkerView]:
+        return list(self._views.values())
+
+    def _ready_counts(self) -> dict[str, int]:
+        counts = {"prefill": 0, "decode": 0}
+        for view in self._views.values():
+            if view.state == "ready":
+                counts[view.pool] += 1
+        return counts
+
+    def _capacity(self) -> int:
+        per_worker = self.config.engine.max_num_seqs
+        return per_worker * sum(1 for v in self._views.values() if v.pool == "decode" and v.state == "ready")
+
+    def _snapshot(self, exclude: set[str] | frozenset[str]) -> ClusterSnapshot:
+        prefill, decode = [], []
+        for view in self._views.values():
+            if view.worker_id in exclude:
+                continue
+            (prefill if view.pool == "prefill" else decode).append(self._load(view))
+        return ClusterSnapshot(tuple(prefill), tuple(decode))
+
+    def _load(self, view: WorkerView) -> WorkerLoad:
+        local = self._local.get(view.worker_id, LocalLoad())
+        engine = view.stats.engine if view.stats is not None else None
+        used = engine.num_total_blocks - engine.num_free_blocks if engine else 0
+        return WorkerLoad(
+            worker_id=view.worker_id, tier=view.tier, ready=view.state == "ready", draining=view.state == "draining",
+            num_running=local.running, num_waiting=engine.num_waiting if engine else 0, num_active_blocks=used,
+            num_total_blocks=engine.num_total_blocks if engine else 0,
+            pending_prefill_tokens=local.pending_prefill_tokens)

@@ -1,0 +1,63 @@
+"""The cluster status document: what `pdserve status` prints and GetClusterStatus / the HTTP API return.
+
+    {"model", "ready", "mode": "disaggregated" | "colocated",
+     "pools": {"prefill" | "decode": {"desired_replicas", "actual_replicas", "workers": [
+         {"id", "tier", "state", "healthy", "num_running", "num_waiting", "kv_usage", "num_free_blocks",
+          "num_total_blocks", "kv_endpoint", "num_handoffs"}]}},
+     "transfers": {"recent_gb_per_s", "transfer_gb_per_s", "bytes_total", "num_completed", "num_recomputed"},
+     "requests": {"in_flight", "queued", "total"},
+     "planner": {"enabled", "prefill_replicas", "decode_replicas", "last_reasons"}}
+
+`recent_gb_per_s`: KV bytes received per wall-clock second over the last 30 s; `transfer_gb_per_s`:
+bytes per second of transfer time (first to last frame), since start. Pure: built from the gateway's view.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.gateway.service import Gateway, WorkerView
+
+POOLS = ("prefill", "decode")
+
+
+def worker_entry(view: WorkerView) -> dict[str, Any]:
+    engine = view.stats.engine if view.stats is not None else None
+    return {
+        "id": view.worker_id, "tier": view.tier, "state": view.state, "healthy": view.state in ("ready", "draining"),
+        "num_running": engine.num_running if engine else 0, "num_waiting": engine.num_waiting if engine else 0,
+        "kv_usage": round(engine.kv_usage, 4) if engine else 0.0,
+        "num_free_blocks": engine.num_free_blocks if engine else 0,
+        "num_total_blocks": engine.num_total_blocks if engine else 0,
+        "num_handoffs": view.stats.num_handoffs if view.stats is not None else 0,
+        "kv_endpoint": (view.info.kv_endpoint or "") if view.info is not None else "",
+    }
+
+
+def status_document(gateway: Gateway, desired: dict[str, int], planner: dict[str, Any]) -> dict[str, Any]:
+    views = gateway.views()
+    pools = {}
+    for pool in POOLS:
+        members = [v for v in views if v.pool == pool]
+        pools[pool] = {"desired_replicas": int(desired.get(pool, len(members))),
+                       "actual_replicas": sum(1 for v in members if v.state == "ready"),
+                       "workers": [worker_entry(v) for v in sorted(members, key=lambda v: v.worker_id)]}
+    stats = [v.stats for v in views if v.stats is not None]
+    received = sum(s.kv_received_bytes for s in stats)
+    seconds = sum(s.kv_transfer_seconds for s in stats)
+    return {
+        "model": gateway.model_id,
+        "ready": gateway.health().ready,
+        "mode": "colocated" if gateway.config.pools.colocated else "disaggregated",
+        "pools": pools,
+        "transfers": {
+            "recent_gb_per_s": round(gateway.recent_transfer_rate() / 1e9, 6),
+            "transfer_gb_per_s": round(received / seconds / 1e9, 6) if seconds > 0 else 0.0,
+            "bytes_total": received,
+            "num_completed": sum(s.kv_transfers_completed for s in stats),
+            "num_recomputed": sum(s.kv_transfers_recomputed for s in stats),
+        },
+        "requests": {"in_flight": gateway.num_in_flight, "queued": gateway.queue.depth, "total": gateway.num_requests},
+        "planner": {"enabled": gateway.config.planner.enabled, **planner},
+    }

@@ -1,0 +1,49 @@
+"""Prometheus metrics of the serving path (prometheus_client default registry; `/metrics` serves it).
+
+Requests and latency (the gateway observes them; `tier` is `prefill` | `decode`):
+- `pdserve_requests_total{tier}`: requests dispatched to a tier (a disaggregated request counts once
+  on each; a skipped prefill or a colocated request only on decode).
+- `pdserve_requests_finished_total{reason}`: requests ended, by finish reason.
+- `pdserve_ttft_seconds{tier}`: admission to first token; `tier` is the tier that produced it.
+- `pdserve_inter_token_seconds{tier}`: time between two streamed tokens.
+- `pdserve_queue_seconds`: admission to dispatch; `pdserve_prefill_seconds{tier}`: prefill call.
+- `pdserve_queue_depth`: requests waiting for a worker; `pdserve_in_flight_requests`: running.
+KV transfer (observed at the receiver, reported with each request's first decode output):
+- `pdserve_kv_transfer_bytes_total`, `pdserve_kv_transfer_seconds` (first to last frame).
+- `pdserve_kv_recompute_total{cause}`: transfers that failed (checksum, timeout, aborted, prefill
+  worker lost) and were recomputed by the decode worker.
+Resilience: `pdserve_migrations_total`: requests moved to another decode worker mid-stream.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TRANSFER_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+requests_total = Counter("pdserve_requests_total", "Requests dispatched to a tier.", ["tier"])
+requests_finished_total = Counter("pdserve_requests_finished_total", "Requests ended, by finish reason.", ["reason"])
+ttft_seconds = Histogram("pdserve_ttft_seconds", "Time from admission to the first token.", ["tier"],
+                         buckets=LATENCY_BUCKETS_S)
+inter_token_seconds = Histogram("pdserve_inter_token_seconds", "Time between two streamed tokens.", ["tier"],
+                                buckets=LATENCY_BUCKETS_S)
+queue_seconds = Histogram("pdserve_queue_seconds", "Time from admission to dispatch.", buckets=LATENCY_BUCKETS_S)
+prefill_seconds = Histogram("pdserve_prefill_seconds", "Duration of the prefill call.", ["tier"],
+                            buckets=LATENCY_BUCKETS_S)
+queue_depth = Gauge("pdserve_queue_depth", "Requests waiting at the gateway for a worker slot.")
+in_flight_requests = Gauge("pdserve_in_flight_requests", "Requests running on the workers.")
+kv_transfer_bytes_total = Counter("pdserve_kv_transfer_bytes_total", "KV bytes received by decode workers.")
+kv_transfer_seconds = Histogram("pdserve_kv_transfer_seconds", "KV transfer time, first to last frame.",
+                                buckets=TRANSFER_BUCKETS_S)
+kv_recompute_total = Counter("pdserve_kv_recompute_total",
+                             "KV transfers that failed and were recomputed on the decode worker.", ["cause"])
+migrations_total = Counter("pdserve_migrations_total", "Requests moved to another decode worker mid-stream.")
+
+
+def recompute_cause(failure: str) -> str:
+    """A short label for a transfer failure message (`checksum mismatch ...` -> `checksum`)."""
+    for cause in ("checksum", "timeout", "aborted", "cancelled"):
+        if failure.startswith(cause):
+            return cause
+    return failure.split(":", 1)[0].strip() or "unknown"
