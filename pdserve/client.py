@@ -142,6 +142,17 @@ def chat_prompt(messages: Sequence[Mapping[str, str] | tuple[str, str]]) -> Prom
     return Prompt(messages=tuple(parsed))
 
 
+def status_document(reply: pb.GetClusterStatusResponse) -> dict[str, Any]:
+    """The status JSON of a GetClusterStatus reply; ServerError when the server sent something else."""
+    try:
+        document = json.loads(reply.status_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise ServerError(f"the server's status document is not JSON ({exc.msg})") from None
+    if not isinstance(document, dict):
+        raise ServerError("the server's status document is not a JSON object")
+    return document
+
+
 def _channel_credentials(ssl: bool, root_certificates: bytes | str | Path | None) -> grpc.ChannelCredentials | None:
     if root_certificates is not None and not isinstance(root_certificates, bytes):
         root_certificates = Path(root_certificates).read_bytes()
@@ -282,7 +293,7 @@ class Client(_Base):
     def status(self, *, timeout_s: float | None = None) -> dict[str, Any]:
         """The cluster status document: pools, workers, load, health, transfer rates, planner."""
         reply = self._unary(self._stub.GetClusterStatus, pb.GetClusterStatusRequest(), self._end(timeout_s, None))
-        return json.loads(reply.status_json or "{}")
+        return status_document(reply)
 
     def close(self) -> None:
         self._channel.close()
@@ -390,7 +401,7 @@ class AsyncClient(_Base):
         """Like `Client.status`."""
         reply = await self._unary(self._stub.GetClusterStatus, pb.GetClusterStatusRequest(),
                                   self._end(timeout_s, None))
-        return json.loads(reply.status_json or "{}")
+        return status_document(reply)
 
     async def close(self) -> None:
         await self._channel.close()
