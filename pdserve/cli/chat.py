@@ -3,8 +3,10 @@
 The whole history goes with every turn (the server applies the model's chat template). Commands:
 `/exit` (or end of input) quits, `/reset` forgets the history, `/help` lists them. Works with piped
 input too, one user message per line. A refused message (for example a history grown past the
-model's context) is reported and dropped from the history; an unreachable server ends the session
-with exit code 3.
+model's context) is reported and dropped from the history, and the session goes on; an unreachable
+server ends it. Exit codes: 0 every message was answered; 2 bad flags, or a message was refused as
+invalid; 1 an answer failed on the server; 3 the server refused the session or could not be reached.
+The first failure decides.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pdserve.cli import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from pdserve.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from pdserve.cli.generate import (
     add_connection_flags,
     add_sampling_flags,
@@ -28,7 +30,8 @@ EXAMPLES = """examples:
   printf 'Hi\\nWhat did I just say?\\n' | pdserve chat --temperature 0
 
 """ + HELP + """
-exit codes: 0 done, 2 bad flags, 3 server refused or unreachable"""
+exit codes: 0 every message answered, 1 an answer failed, 2 bad flags or a message refused as invalid,
+            3 server refused or unreachable"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,10 +67,11 @@ def _session(client, args: argparse.Namespace) -> int:
     if interactive:
         print(f"pdserve chat with {args.target}; {HELP}", file=sys.stderr)
     history = _initial(args)
+    status = EXIT_OK
     while True:
         line = _read_line(interactive)
         if line is None or line.strip() in ("/exit", "/quit"):
-            return EXIT_OK
+            return status
         line = line.strip()
         if not line:
             continue
@@ -80,6 +84,7 @@ def _session(client, args: argparse.Namespace) -> int:
             code = _turn(client, history, line, args)
             if code == EXIT_UNAVAILABLE:
                 return code
+            status = status or code
 
 
 def _read_line(interactive: bool) -> str | None:
@@ -105,7 +110,8 @@ def _turn(client, history: list[dict[str, str]], text: str, args: argparse.Names
             last = chunk
     except PdserveError as exc:
         history.pop()
-        print(file=sys.stdout)
+        if answer:
+            print()  # end the partial answer's line
         return report_error(exc)
     except KeyboardInterrupt:
         history.pop()
@@ -117,6 +123,6 @@ def _turn(client, history: list[dict[str, str]], text: str, args: argparse.Names
     if last is None or last.finish_reason is FinishReason.ERROR:
         history.pop()
         print(f"error: the answer failed: {last.error if last else 'no answer'}", file=sys.stderr)
-        return EXIT_OK
+        return EXIT_FAILED
     history.append({"role": "assistant", "content": "".join(answer)})
     return EXIT_OK
