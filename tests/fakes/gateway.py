@@ -7,8 +7,8 @@ Knobs for tests: `fail_next` (an error, or a list of errors, raised before the f
 request), `error_after` (an ERROR chunk after that many tokens), `token_delay_s`, `hold` (an Event each
 stream waits on after its first token; `cancel` ends the wait too), `ready`. It records what a test
 asserts on: `requests`, `running` (id -> tenant), `closed` (ids whose iterator was closed or cancelled
-before the end), `finished`. `status()` returns the full cluster status document the real gateway
-produces (shape in `STATUS_KEYS`), one ready worker per pool.
+before the end), `finished`. `status()` returns a cluster status document of the shape the real
+gateway builds (`orchestrator.gateway.status`), one worker per pool.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ MODEL = "fake-model"
 MAX_MODEL_LEN = 64
 NUM_TOTAL_BLOCKS = 1024
 BLOCKS_PER_REQUEST = 4
-# The cluster status document's keys, as `pdserve status` reads them (the real gateway's shape).
+# The top-level keys of the cluster status document (`orchestrator.gateway.status`).
 STATUS_KEYS = ("model", "ready", "mode", "pools", "transfers", "requests", "planner")
 
 
@@ -145,9 +145,10 @@ class FakeGateway(BaseGateway):
         return {
             "model": self.model.id, "ready": self.ready, "mode": "disaggregated",
             "pools": {tier: self._pool(tier, in_flight) for tier in ("prefill", "decode")},
-            "transfers": {"recent_gb_per_s": 1.25, "bytes_total": 2_097_152 * len(self.finished),
-                          "num_completed": len(self.finished), "num_recomputed": 0},
-            "requests": {"in_flight": in_flight, "total": len(self.requests)},
+            "transfers": {"recent_gb_per_s": 1.25, "transfer_gb_per_s": 2.5,
+                          "bytes_total": 2_097_152 * len(self.finished), "num_completed": len(self.finished),
+                          "num_recomputed": 0},
+            "requests": {"in_flight": in_flight, "queued": 0, "total": len(self.requests)},
             "planner": {"enabled": False, "prefill_replicas": 1, "decode_replicas": 1,
                         "last_reasons": ["planner off: fixed pool sizes"]},
         }
@@ -158,7 +159,7 @@ class FakeGateway(BaseGateway):
             "id": f"{tier}-0", "tier": tier, "state": "ready" if self.ready else "starting", "healthy": self.ready,
             "num_running": in_flight if tier == "decode" else 0, "num_waiting": 0,
             "kv_usage": used / NUM_TOTAL_BLOCKS, "num_free_blocks": NUM_TOTAL_BLOCKS - used,
-            "num_total_blocks": NUM_TOTAL_BLOCKS,
+            "num_total_blocks": NUM_TOTAL_BLOCKS, "num_handoffs": 0,
             "kv_endpoint": f"tcp://127.0.0.1:{5600 if tier == 'prefill' else 5601}",
         }
         return {"desired_replicas": 1, "actual_replicas": int(self.ready), "workers": [worker]}

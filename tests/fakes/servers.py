@@ -31,8 +31,10 @@ WAIT_TIMEOUT_S = 15.0  # generous: the suite runs on 2 busy cores
 class BackgroundServers:
     """Both API servers on 127.0.0.1, ports chosen by the OS; a context manager."""
 
-    def __init__(self, gateway: FakeGateway | None = None, *, api_keys: ApiKeys | None = None,
+    def __init__(self, gateway: FakeGateway | None = None, *, api_keys: ApiKeys | None = ApiKeys(),
                  **config: Any) -> None:
+        """`config`: ServerConfig fields. `api_keys`: auth off by default, whatever the environment
+        says; None loads keys as `pdserve up` does (`api_keys_file`, $PDSERVE_API_KEYS)."""
         self.gateway = gateway if gateway is not None else FakeGateway()
         self.config = ServerConfig(**{"grpc_port": 0, "http_port": 0, **config})
         self.api_keys = api_keys

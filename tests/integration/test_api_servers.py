@@ -548,7 +548,7 @@ def test_a_tenant_cannot_cancel_another_tenants_request(keyed_servers):
 
 def test_keys_from_the_environment(monkeypatch):
     monkeypatch.setenv(ENV_VAR, f"{KEY_A}=team-env")
-    with BackgroundServers() as servers:
+    with BackgroundServers(api_keys=None) as servers:
         with Client(servers.grpc_target) as client, pytest.raises(sdk.Unauthenticated):
             client.generate("a")
         with Client(servers.grpc_target, api_key=KEY_A) as client:
