@@ -138,16 +138,18 @@ def test_cancel_needs_a_request_id(client):
 
 
 def test_a_timeout_ends_the_call_and_cancels_the_request(client, servers):
+    client.models()  # a connected channel: the request surely reaches the server before its deadline
     servers.hold()
     with pytest.raises(sdk.DeadlineExceeded):
-        client.generate("a b c", timeout_s=0.5, request_id="slow")
+        client.generate("a b c", timeout_s=1.0, request_id="slow")
     servers.wait_for(lambda: "slow" in servers.gateway.closed, "the server to cancel the timed-out request")
 
 
 def test_an_absolute_deadline(client, servers):
+    client.models()
     servers.hold()
     with pytest.raises(sdk.DeadlineExceeded):
-        list(client.generate("a b c", stream=True, deadline=time.time() + 0.5))
+        list(client.generate("a b c", stream=True, deadline=time.time() + 1.0))
     with pytest.raises(sdk.DeadlineExceeded):
         client.generate("a b c", deadline=time.time() - 1)  # already past: never sent
     servers.wait_for(lambda: len(servers.gateway.closed) == 1, "the held request to be cancelled")
@@ -272,7 +274,7 @@ async def test_async_client_cancel_timeout_and_retry(servers):
         assert await client.cancel("async-1")
         assert [c.finish_reason async for c in chunks][-1] is FinishReason.CANCELLED
         with pytest.raises(sdk.DeadlineExceeded):
-            await client.generate("a b", timeout_s=0.5, request_id="async-2")
+            await client.generate("a b", timeout_s=1.0, request_id="async-2")
     await asyncio.to_thread(servers.wait_for, lambda: "async-2" in servers.gateway.closed, "the timed-out request")
 
 
@@ -488,7 +490,8 @@ def test_an_sse_client_disconnecting_cancels_the_request(http, servers):
 
 def test_an_http_client_giving_up_on_a_whole_answer_cancels_the_request(servers):
     servers.hold()
-    with httpx.Client(base_url=servers.http_url, timeout=0.5) as impatient:
+    with httpx.Client(base_url=servers.http_url, timeout=1.0) as impatient:
+        assert impatient.get("/v1/models").status_code == 200  # connected before the clock starts
         with pytest.raises(httpx.ReadTimeout):
             impatient.post("/v1/completions", json={"prompt": "a b c", "pdserve": {"request_id": "whole-gone"}})
     servers.wait_for(lambda: "whole-gone" in servers.gateway.closed, "the request to be cancelled")
