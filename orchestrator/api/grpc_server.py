@@ -76,7 +76,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             async for chunk in chunks:
                 await context.write(convert.chunk_to_pb(chunk))
                 if chunk.finished:
-                    break
+                    return
+            raise PdserveError(f"the gateway ended request {request.request_id} without a finish reason")
         finally:
             # Runs on client disconnect too (the handler task is cancelled): the gateway cancels the
             # request and frees its blocks when its iterator closes.

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import time
+from contextlib import aclosing
 
 import grpc
 import httpx
@@ -174,9 +176,10 @@ class FailsAfterFirstToken(FakeGateway):
     """Raises Unavailable after one token (as a server going away mid-stream would end the call)."""
 
     async def _run(self, request):
-        async for chunk in super()._run(request):
-            yield chunk
-            raise ServerUnavailable("the decode worker went away")
+        async with aclosing(super()._run(request)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+                raise ServerUnavailable("the decode worker went away")
 
 
 def test_unavailable_after_the_first_token_is_not_retried():
@@ -187,6 +190,45 @@ def test_unavailable_after_the_first_token_is_not_retried():
         with pytest.raises(sdk.Unavailable, match="went away"):
             next(chunks)
         assert len(servers.gateway.requests) == 1
+
+
+class CrashesAfterFirstToken(FakeGateway):
+    """A gateway with a bug: an unexpected exception after one token."""
+
+    async def _run(self, request):
+        async with aclosing(super()._run(request)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+                raise RuntimeError("bug in the gateway")
+
+
+class EndsWithoutFinishing(FakeGateway):
+    """A gateway with a bug: its stream stops after one token, with no finish reason."""
+
+    async def _run(self, request):
+        async with aclosing(super()._run(request)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+                return
+
+
+@pytest.mark.parametrize("gateway, status, wanted", [
+    (FailsAfterFirstToken, 503, "the decode worker went away"),
+    (CrashesAfterFirstToken, 500, "internal server error (incident "),
+    (EndsWithoutFinishing, 500, "without a finish reason"),
+])
+def test_a_gateway_raising_mid_stream_ends_the_answer_explicitly(gateway, status, wanted):
+    with BackgroundServers(gateway()) as servers, httpx.Client(base_url=servers.http_url, timeout=CALL_TIMEOUT_S) as http:
+        with http.stream("POST", "/v1/completions", json={"prompt": "a b c", "stream": True}) as response:
+            events = sse_events(response)
+        assert events[0]["choices"][0]["text"] == "a " and events[-1] == "[DONE]"
+        assert wanted in events[-2]["error"]["message"] and events[-2]["error"]["code"] == "stream_error"
+        whole = http.post("/v1/completions", json={"prompt": "a b c"})
+        assert whole.status_code == status and wanted in error_of(whole)["message"]
+        with Client(servers.grpc_target, timeout_s=CALL_TIMEOUT_S, retry=FAST_RETRY) as client:
+            with pytest.raises(sdk.PdserveError, match=re.escape(wanted)):
+                client.generate("a b c")
+        assert servers.gateway.running == {}
 
 
 def test_quota_refusals_carry_the_retry_hint(client, servers):
