@@ -11,6 +11,7 @@ hardware: {name: cpu-2core, kind: cpu, count: 2, description: "x86_64, AVX-512"}
 block_size: 32
 kv_bytes_per_token: 23040
 kv_capacity_tokens: 43690          # optional: KV tokens one engine holds
+num_layers: 30                     # optional: KV layers (how the timing engine splits a token's KV)
 prefill:                           # one of `points` (3 or more) or `coefficients`
   points:
     - {prompt_tokens: 128, batch_size: 1, ttft_ms: 160.0}   # batch_size prompts of this length in one step
@@ -22,6 +23,10 @@ decode:
 Step-time models fitted from the points by non-negative least squares (numpy):
 - prefill step ms = a + b * sum(len) + c * sum(len^2) over the prompts of the step;
 - decode step ms  = a + b * sum(context) + c * batch.
+
+`num_layers` (optional, additive within version 1): how many layers `kv_bytes_per_token` is spread
+over; it must divide `kv_bytes_per_token`. When absent, `EngineProfile.num_kv_layers` picks
+`DEFAULT_NUM_LAYERS` (32, a typical depth) or the largest count below it that divides the bytes.
 
 Life of a profile: 1. `pdserve profile` measures points and calls `EngineProfile.from_points(...).save(path)`;
 2. readers call `EngineProfile.load(path)`, which validates the file (pydantic) and fits the coefficients
@@ -46,6 +51,7 @@ from orchestrator.errors import ConfigError
 
 PROFILE_VERSION = 1
 MIN_POINTS = 3
+DEFAULT_NUM_LAYERS = 32  # a typical depth, when a profile does not say how many layers its KV spans
 EXAMPLE_PROFILE = Path(__file__).resolve().parent / "data" / "profiles" / "smollm2-135m-cpu.yaml"
 
 
@@ -147,6 +153,8 @@ class ProfileFile(_Strict):
     block_size: int = Field(..., ge=1)
     kv_bytes_per_token: int = Field(..., ge=1, description="KV cache bytes of one token, all layers.")
     kv_capacity_tokens: int | None = Field(None, ge=1, description="KV cache tokens one engine holds.")
+    num_layers: int | None = Field(None, ge=1, le=1024, description="Layers the KV of a token spans (must divide "
+                                   "kv_bytes_per_token); absent: see `EngineProfile.num_kv_layers`.")
     prefill: PrefillSection
     decode: DecodeSection
 
@@ -154,6 +162,13 @@ class ProfileFile(_Strict):
     def _version(self) -> ProfileFile:
         if self.version != PROFILE_VERSION:
             raise ValueError(f"profile version {self.version} is not supported (this pdserve reads version {PROFILE_VERSION})")
+        return self
+
+    @model_validator(mode="after")
+    def _layers_divide_bytes(self) -> ProfileFile:
+        if self.num_layers is not None and self.kv_bytes_per_token % self.num_layers:
+            raise ValueError(f"num_layers {self.num_layers} does not divide kv_bytes_per_token {self.kv_bytes_per_token}: "
+                             "every layer holds the same share of a token's KV")
         return self
 
 
@@ -175,6 +190,7 @@ class EngineProfile:
     decode_points: tuple[DecodePoint, ...] = ()
     kv_capacity_tokens: int | None = None
     version: int = PROFILE_VERSION
+    num_layers: int | None = None
 
     # construction
 
@@ -189,6 +205,7 @@ class EngineProfile:
         prefill_points: Sequence[PrefillPoint],
         decode_points: Sequence[DecodePoint],
         kv_capacity_tokens: int | None = None,
+        num_layers: int | None = None,
     ) -> EngineProfile:
         """Validate measured points and fit both step-time models.
 
@@ -197,7 +214,7 @@ class EngineProfile:
         section = {"prefill": {"points": [p.model_dump() for p in prefill_points]},
                    "decode": {"points": [p.model_dump() for p in decode_points]}}
         return cls._from_file(_validate(_file_dict(model, hardware, block_size, kv_bytes_per_token,
-                                                   kv_capacity_tokens, section), "measured points"))
+                                                   kv_capacity_tokens, section, num_layers), "measured points"))
 
     @classmethod
     def from_coefficients(
@@ -210,11 +227,12 @@ class EngineProfile:
         prefill: PrefillCoefficients,
         decode: DecodeCoefficients,
         kv_capacity_tokens: int | None = None,
+        num_layers: int | None = None,
     ) -> EngineProfile:
         """A profile from user-given coefficients (no measured points). Raises ConfigError if invalid."""
         section = {"prefill": {"coefficients": prefill.model_dump()}, "decode": {"coefficients": decode.model_dump()}}
         return cls._from_file(_validate(_file_dict(model, hardware, block_size, kv_bytes_per_token,
-                                                   kv_capacity_tokens, section), "coefficients"))
+                                                   kv_capacity_tokens, section, num_layers), "coefficients"))
 
     @classmethod
     def load(cls, path: Path | str) -> EngineProfile:
@@ -242,7 +260,7 @@ class EngineProfile:
             model=spec.model, hardware=spec.hardware, block_size=spec.block_size,
             kv_bytes_per_token=spec.kv_bytes_per_token, prefill_coefficients=prefill, decode_coefficients=decode,
             prefill_points=tuple(spec.prefill.points), decode_points=tuple(spec.decode.points),
-            kv_capacity_tokens=spec.kv_capacity_tokens, version=spec.version,
+            kv_capacity_tokens=spec.kv_capacity_tokens, version=spec.version, num_layers=spec.num_layers,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,7 +270,7 @@ class EngineProfile:
         decode = ({"points": [p.model_dump() for p in self.decode_points]} if self.decode_points
                   else {"coefficients": self.decode_coefficients.model_dump()})
         return _file_dict(self.model, self.hardware, self.block_size, self.kv_bytes_per_token,
-                          self.kv_capacity_tokens, {"prefill": prefill, "decode": decode})
+                          self.kv_capacity_tokens, {"prefill": prefill, "decode": decode}, self.num_layers)
 
     def save(self, path: Path | str) -> None:
         """Write the profile: JSON when `path` ends in `.json`, YAML otherwise. Raises ConfigError on I/O."""
@@ -263,6 +281,19 @@ class EngineProfile:
             path.write_text(text)
         except OSError as exc:
             raise ConfigError(f"cannot write profile {path}: {exc.strerror}") from None
+
+    @property
+    def num_kv_layers(self) -> int:
+        """Layers a token's KV spans: `num_layers` from the file, else `DEFAULT_NUM_LAYERS` or the largest
+        smaller count that divides `kv_bytes_per_token` (1 at worst)."""
+        if self.num_layers is not None:
+            return self.num_layers
+        return next(n for n in range(DEFAULT_NUM_LAYERS, 0, -1) if self.kv_bytes_per_token % n == 0)
+
+    @property
+    def kv_bytes_per_token_per_layer(self) -> int:
+        """KV bytes of one token in one layer."""
+        return self.kv_bytes_per_token // self.num_kv_layers
 
     # prediction
 
@@ -364,11 +395,13 @@ def _fit_nonnegative(x: np.ndarray, y: np.ndarray, phase: str, source: str) -> t
 
 
 def _file_dict(model: str, hardware: HardwareInfo, block_size: int, kv_bytes_per_token: int,
-               kv_capacity_tokens: int | None, sections: dict[str, Any]) -> dict[str, Any]:
+               kv_capacity_tokens: int | None, sections: dict[str, Any], num_layers: int | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {"version": PROFILE_VERSION, "model": model, "hardware": hardware.model_dump(),
                             "block_size": block_size, "kv_bytes_per_token": kv_bytes_per_token}
     if kv_capacity_tokens is not None:
         data["kv_capacity_tokens"] = kv_capacity_tokens
+    if num_layers is not None:
+        data["num_layers"] = num_layers
     data.update(sections)
     return data
 
@@ -382,6 +415,7 @@ def _validate(data: dict[str, Any], source: str) -> ProfileFile:
 
 
 __all__ = [
+    "DEFAULT_NUM_LAYERS",
     "EXAMPLE_PROFILE",
     "PROFILE_VERSION",
     "DecodeCoefficients",
