@@ -1,0 +1,231 @@
+"""`pdserve profile`: measure one engine on this machine and write the profile file that the planner,
+the simulator and the timing engine read (format: docs/profiles.md).
+
+Life of the command: 1. the engine starts in this process (vLLM: its EngineCore process, the model's
+weights, prefix caching off so that every prompt is computed); 2. `workers.profiling.profile_engine`
+measures prefill and decode points through the engine interface, with a progress bar on stderr;
+3. the fitted profile is saved to `--out` (YAML, or JSON for a `.json` name) and summarised on stdout;
+4. the engine is shut down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pdserve.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+EXAMPLES = """examples:
+  pdserve profile --out smollm2-cpu.yaml                      # the default model on vLLM (CPU or GPU)
+  pdserve profile --cpu-cores 1 --out one-core.yaml           # one engine bound to core 1, as a worker runs it
+  pdserve profile --model ~/models/my-llama --max-model-len 4096 --out llama.yaml
+  pdserve profile --engine timing --profile smollm2-cpu.yaml --out replay.yaml   # the timing engine (a check)
+  pdserve profile --prompt-lengths 32,128,512 --decode-batches 1,4,16 --decode-contexts 64,512 --out quick.yaml
+
+exit codes: 0 written, 1 the engine or the measurement failed, 2 bad flags"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("profile", help="measure an engine's step times on this machine into a profile file",
+                            description="Measure TTFT against prompt length and batch, and decode step time against "
+                                        "batch and context, of one engine on this machine; write the profile file "
+                                        "`pdserve up --profile`, `pdserve simulate --profile` and the planner read.",
+                            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, metavar="FILE", help="profile file to write (.yaml, or .json)")
+    parser.add_argument("--model", default="smollm2-135m-instruct", metavar="DIR|NAME",
+                        help="a local Hugging Face model directory or a catalogue name (default: %(default)s)")
+    parser.add_argument("--engine", choices=["vllm", "timing"], default="vllm", help="engine to measure (default: vllm)")
+    parser.add_argument("--profile", metavar="FILE", help="the timing engine's own profile (with --engine timing)")
+    parser.add_argument("--max-model-len", type=int, default=2048, metavar="N", help="context length (default: 2048)")
+    parser.add_argument("--kv-cache-gib", type=float, metavar="GIB", help="KV cache space (CPU; default: the config's 1 GiB)")
+    parser.add_argument("--cpu-cores", metavar="LIST", help="bind the vLLM-CPU engine to these cores, e.g. 1 or 0-3 "
+                                                            "(a worker's engine gets pools.cpus_per_worker cores)")
+    grid = parser.add_argument_group("what to measure (defaults: about a minute for SmolLM2-135M on one CPU core)")
+    grid.add_argument("--prompt-lengths", metavar="LIST", help="TTFT prompt lengths (default: 32,64,128,256,512,1024)")
+    grid.add_argument("--prefill-batches", metavar="LIST", help="prompts x length computed together (default: 4x64,4x256,8x128)")
+    grid.add_argument("--decode-batches", metavar="LIST", help="decode batch sizes (default: 1,2,4,8,16)")
+    grid.add_argument("--decode-contexts", metavar="LIST", help="decode context lengths (default: 64,256,1024)")
+    grid.add_argument("--decode-steps", type=int, metavar="N", help="steps measured per decode point (default: 9)")
+    grid.add_argument("--repeats", type=int, metavar="N", help="measurements per prefill point (default: 3)")
+    grid.add_argument("--time-limit", type=float, default=600.0, metavar="S",
+                      help="skip the points left after this many seconds of measuring (default: %(default)s)")
+    parser.add_argument("--description", metavar="TEXT", help="free text added to the hardware description")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """The engine to measure and what its profile will say about it."""
+
+    kind: str
+    model: Any  # ModelConfig
+    engine: Any  # EngineConfig
+    label: str  # the profile's model name
+    max_batched_tokens: int  # what one step of this engine computes at most
+    num_layers: int | None
+    model_dir: str = ""
+    hardware: Any = None  # HardwareInfo, known up front for the timing engine (its source profile's)
+
+
+def run(args: argparse.Namespace) -> int:
+    from orchestrator.errors import PdserveError
+    from workers.engine.base import EngineError
+
+    try:
+        grid = _grid(args)
+        setup = _setup(args)
+    except (ValueError, PdserveError) as exc:
+        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return EXIT_USAGE if not isinstance(exc, PdserveError) or exc.caller else EXIT_FAILED
+    try:
+        profile = asyncio.run(_measure(setup, grid, args))
+        profile.save(args.out)
+    except (EngineError, PdserveError) as exc:  # the engine, too few points to fit, or the file
+        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    print(_summary(profile, args.out))
+    return EXIT_OK
+
+
+def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{flag} needs comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{flag} needs positive integers, got {text!r}")
+    return values
+
+
+def _batches(text: str | None) -> tuple[tuple[int, int], ...] | None:
+    if text is None:
+        return None
+    pairs = []
+    for part in text.split(","):
+        count, sep, length = part.strip().partition("x")
+        if not sep:
+            raise ValueError(f"--prefill-batches needs PROMPTSxLENGTH items like 4x64, got {part!r}")
+        pairs.append(_ints(f"{count},{length}", "--prefill-batches"))
+    return tuple(pairs)  # type: ignore[arg-type]
+
+
+def _grid(args: argparse.Namespace) -> Any:
+    from workers.profiling import ProfileGrid
+
+    changes = {"prompt_lengths": _ints(args.prompt_lengths, "--prompt-lengths"),
+               "prefill_batches": _batches(args.prefill_batches),
+               "decode_batch_sizes": _ints(args.decode_batches, "--decode-batches"),
+               "decode_context_lengths": _ints(args.decode_contexts, "--decode-contexts"),
+               "decode_steps": args.decode_steps, "repeats": args.repeats}
+    for flag, value in (("--decode-steps", args.decode_steps), ("--repeats", args.repeats)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1")
+    return ProfileGrid(**{k: v for k, v in changes.items() if v is not None})
+
+
+def _setup(args: argparse.Namespace) -> _Setup:
+    """The engine to build and what the profile says about it. Raises ValueError/PdserveError on bad flags."""
+    from orchestrator.config import EngineConfig, ModelConfig
+    from orchestrator.profiles import EngineProfile
+
+    changes: dict[str, Any] = {"kv_cache_gib": args.kv_cache_gib} if args.kv_cache_gib else {}
+    if args.engine == "timing":
+        if not args.profile:
+            raise ValueError("--engine timing needs --profile FILE: the profile the timing engine replays")
+        source = EngineProfile.load(args.profile)
+        engine = EngineConfig(kind="timing", profile=Path(args.profile), block_size=source.block_size, **changes)
+        model = ModelConfig(name=source.model, max_model_len=args.max_model_len)
+        hardware = source.hardware.model_copy(update={
+            "description": f"{source.hardware.description}; replayed by the timing engine from {Path(args.profile).name}"})
+        return _Setup("timing", model, engine, source.model, engine.max_num_batched_tokens, source.num_layers,
+                      hardware=hardware)
+    if args.profile:
+        raise ValueError("--profile is the timing engine's input: use it with --engine timing")
+    from workers import modelstore
+
+    model_dir = modelstore.resolve(args.model, pull_missing=args.model == modelstore.DEFAULT_NAME,
+                                   progress=not args.no_progress)
+    engine = EngineConfig(kind="vllm", enable_prefix_caching=False, **changes)
+    model = ModelConfig(name=args.model, max_model_len=args.max_model_len)
+    label = args.model if args.model in modelstore.CATALOG else model_dir.name
+    # vLLM's step budget is at least max_model_len (see VllmEngine._engine_args).
+    return _Setup("vllm", model, engine, label, max(engine.max_num_batched_tokens, args.max_model_len),
+                  _num_layers(model_dir), model_dir=str(model_dir))
+
+
+def _num_layers(model_dir: Path) -> int | None:
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    layers = config.get("num_hidden_layers") or config.get("text_config", {}).get("num_hidden_layers")
+    return int(layers) if layers else None
+
+
+async def _measure(setup: _Setup, grid: Any, args: argparse.Namespace) -> Any:
+    from workers import profiling
+
+    engine, hardware = _build_engine(setup, args)
+    try:
+        info = await engine.start()
+        num_layers = setup.num_layers
+        if num_layers and info.kv_bytes_per_token % num_layers:
+            num_layers = None  # the file would refuse it; the layer split only shapes the timing engine's frames
+        target = profiling.ProfileTarget(model=setup.label, hardware=hardware, max_batched_tokens=setup.max_batched_tokens,
+                                         max_num_seqs=setup.engine.max_num_seqs, num_layers=num_layers)
+        return await profiling.profile_engine(engine, info, target, grid, progress=not args.no_progress,
+                                              time_limit_s=args.time_limit)
+    finally:
+        await engine.shutdown()
+
+
+def _build_engine(setup: _Setup, args: argparse.Namespace) -> tuple[Any, Any]:
+    """The engine (not started yet) and the hardware it is measured on."""
+    from workers import profiling
+
+    note = f"; {args.description}" if args.description else ""
+    if setup.kind == "timing":
+        from workers.engine.timing import TimingEngine
+
+        hardware = setup.hardware.model_copy(update={"description": setup.hardware.description + note})
+        return TimingEngine(setup.model, setup.engine, worker_id="profile"), hardware
+    import vllm
+    from vllm.platforms import current_platform
+
+    from workers.engine.vllm_engine import VllmEngine
+
+    what = f"vLLM {vllm.__version__}, {setup.model.dtype}, max_model_len {setup.model.max_model_len}{note}"
+    if current_platform.is_cuda_alike():
+        hardware = profiling.describe_gpu(setup.engine.tensor_parallel_size, what)
+    else:
+        cores = profiling.parse_cores(args.cpu_cores) if args.cpu_cores else sorted(os.sched_getaffinity(0))
+        if args.cpu_cores:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.cpu_cores  # read when the EngineCore process starts
+        hardware = profiling.describe_cpu(cores, what)
+    return VllmEngine(setup.model_dir, setup.model, setup.engine, worker_id="profile", kv=None), hardware
+
+
+def _summary(profile: Any, out: str) -> str:
+    p, d = profile.prefill_coefficients, profile.decode_coefficients
+    lines = [f"wrote {out}: {profile.model} on {profile.hardware.name} ({len(profile.prefill_points)} prefill and "
+             f"{len(profile.decode_points)} decode points)",
+             f"  prefill ms = {p.a_ms:.3g} + {p.b_ms_per_token:.3g} * tokens + {p.c_ms_per_token_sq:.3g} * tokens^2",
+             f"  decode step ms = {d.a_ms:.3g} + {d.b_ms_per_context_token:.3g} * context + {d.c_ms_per_request:.3g} * batch"]
+    for n in (128, 1024):
+        lines.append(f"  TTFT of a {n}-token prompt: {profile.predict_prefill_ms([n]):.0f} ms")
+    for batch in (1, 16):
+        lines.append(f"  decode at batch {batch}, 256-token contexts: {profile.decode_tokens_per_s(batch, 256):.0f} tokens/s")
+    lines.append(f"  KV: {profile.kv_bytes_per_token} bytes per token, {profile.kv_capacity_tokens} tokens per engine")
+    return "\n".join(lines)
+
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "register", "run"]

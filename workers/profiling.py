@@ -1,0 +1,254 @@
+"""Profiling an engine on the hardware it runs on: the measured points of a profile file.
+
+Everything goes through the `BaseEngine` interface, so vLLM and the timing engine are measured alike.
+`pdserve profile` (`pdserve.cli.profile`) starts the engine and saves the result. Life of a run
+(`profile_engine`):
+1. warm-up: a few short requests (vLLM's first steps allocate and warm its kernels);
+2. prefill points: the time to first token of one prompt per length (median of `repeats`), then of
+   several prompts of one length submitted together. Those must share one step: their first tokens must
+   arrive together, else the engine split them over steps and the point is measured again (dropped
+   after `repeats` tries);
+3. decode points: per (batch, context), `batch` requests with `context`-token prompts decode together;
+   the step time is the time per token from the moment every one of them decodes until the first one
+   finishes. The point's context is the tokens in the KV cache at the start of those steps, summed over
+   the batch and averaged over the steps;
+4. `EngineProfile.from_points(...)`, with `kv_bytes_per_token` and the KV capacity
+   (`num_total_blocks * block_size`) from `EngineInfo`.
+Prompts are random word ids, distinct per request, so no prefix cache shortens a prompt. Greedy, EOS
+ignored: every request runs exactly its `max_tokens`. Times come from `clock` (tests give the timing
+engine's fake clock); a progress bar goes to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.profiles import DecodePoint, EngineProfile, HardwareInfo, PrefillPoint
+from workers.engine.base import BaseEngine, EngineInfo, EngineRequest
+
+log = logging.getLogger(__name__)
+
+TOKEN_IDS = (256, 8192)  # prompt ids: words of the timing tokenizer, ordinary tokens of real vocabularies
+SPLIT_FRACTION = 0.2  # first tokens of a batch spread over more than this share of its time: split over steps
+WARMUP_REQUESTS = 3
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class ProfileGrid:
+    """What to measure. `fitted()` drops what the engine cannot run as asked."""
+
+    prompt_lengths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
+    prefill_batches: tuple[tuple[int, int], ...] = ((4, 64), (4, 256), (8, 128))  # (prompts, tokens each)
+    decode_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    decode_context_lengths: tuple[int, ...] = (64, 256, 1024)
+    max_decode_prompt_tokens: int = 4096  # a decode point's prompts together (their prefill is most of its time)
+    decode_steps: int = 9  # measured steps of each decode point
+    repeats: int = 3  # prefill measurements per point (the median is kept)
+
+    def fitted(self, *, max_model_len: int, max_batched_tokens: int, max_num_seqs: int,
+               kv_capacity_tokens: int) -> ProfileGrid:
+        """The grid without points the engine cannot run: a prefill point must fit one step, a decode
+        point `max_model_len`, the batch limit and the KV cache."""
+        longest = min(max_model_len - 1, max_batched_tokens)
+        per_request = self.decode_steps + 3  # generated tokens of a decode request
+        return replace(
+            self,
+            prompt_lengths=tuple(n for n in self.prompt_lengths if n <= longest),
+            prefill_batches=tuple((b, n) for b, n in self.prefill_batches
+                                  if b <= max_num_seqs and b * n <= max_batched_tokens and n <= longest),
+            decode_batch_sizes=tuple(b for b in self.decode_batch_sizes if b <= max_num_seqs),
+            decode_context_lengths=tuple(c for c in self.decode_context_lengths if c + per_request <= max_model_len),
+            max_decode_prompt_tokens=min(self.max_decode_prompt_tokens, kv_capacity_tokens // 2),
+        )
+
+    def decode_points(self) -> list[tuple[int, int]]:
+        """(batch, context) pairs within `max_decode_prompt_tokens`."""
+        return [(b, c) for b, c in itertools.product(self.decode_batch_sizes, self.decode_context_lengths)
+                if b * c <= self.max_decode_prompt_tokens]
+
+    @property
+    def num_points(self) -> int:
+        return len(self.prompt_lengths) + len(self.prefill_batches) + len(self.decode_points())
+
+
+@dataclass(frozen=True)
+class ProfileTarget:
+    """What the profile says besides the points, and the engine's batch limits."""
+
+    model: str
+    hardware: HardwareInfo
+    max_batched_tokens: int  # tokens one step of the engine computes at most
+    max_num_seqs: int
+    num_layers: int | None = None
+
+
+class _Prompts:
+    """Random prompts, distinct per request."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = np.random.default_rng(seed)
+        self._count = itertools.count()
+
+    def request(self, length: int, max_tokens: int) -> EngineRequest:
+        ids = self._rng.integers(TOKEN_IDS[0], TOKEN_IDS[1], size=length)
+        return EngineRequest(request_id=f"profile-{next(self._count)}", prompt_ids=tuple(int(i) for i in ids),
+                             max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+
+
+async def _arrivals(engine: BaseEngine, request: EngineRequest, clock: Clock) -> list[tuple[float, int]]:
+    """(time, number of tokens) of each output of one request that carried tokens."""
+    return [(clock(), len(out.token_ids)) async for out in engine.generate(request) if out.token_ids]
+
+
+async def _together(engine: BaseEngine, requests: Sequence[EngineRequest], clock: Clock) -> list[list[tuple[float, int]]]:
+    return list(await asyncio.gather(*(_arrivals(engine, r, clock) for r in requests)))
+
+
+async def measure_prefill(engine: BaseEngine, prompts: _Prompts, batch: int, length: int, clock: Clock) -> float | None:
+    """Milliseconds from submitting `batch` prompts of `length` tokens to their first tokens (one step);
+    None when the engine split them over steps."""
+    started = clock()
+    streams = await _together(engine, [prompts.request(length, 1) for _ in range(batch)], clock)
+    firsts = [stream[0][0] for stream in streams]
+    total = max(firsts) - started
+    if batch > 1 and max(firsts) - min(firsts) > SPLIT_FRACTION * total:
+        return None
+    return total * 1000.0
+
+
+async def measure_decode(engine: BaseEngine, prompts: _Prompts, batch: int, context: int, steps: int,
+                         clock: Clock) -> DecodePoint | None:
+    """One decode point: `batch` requests of `context` prompt tokens; None when too few steps were seen."""
+    streams = await _together(engine, [prompts.request(context, steps + 3) for _ in range(batch)], clock)
+    ready = max(stream[0][0] for stream in streams)  # every request decodes from here on
+    first_done = min(streams, key=lambda stream: stream[-1][0])
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(first_done)]
+    tolerance = statistics.median(gaps) / 4 if gaps else 0.0  # outputs of the step that made `ready`
+    in_window = sum(n for t, n in first_done if t > ready + tolerance)
+    if in_window < 2:
+        return None
+    step_s = (first_done[-1][0] - ready) / in_window
+    # Before the j-th step of the window a request holds its prompt and g0 + j - 2 generated tokens in
+    # the cache (g0: tokens it had when the window opened; the newest one is computed by the step).
+    cached = [context + sum(n for t, n in stream if t <= ready + tolerance) - 2 + (in_window + 1) / 2 for stream in streams]
+    return DecodePoint(batch_size=batch, total_context_tokens=round(sum(cached)), step_ms=step_s * 1000.0)
+
+
+async def profile_engine(engine: BaseEngine, info: EngineInfo, target: ProfileTarget, grid: ProfileGrid | None = None,
+                         *, clock: Clock = time.perf_counter, progress: bool = False,
+                         time_limit_s: float | None = None) -> EngineProfile:
+    """Measure a started engine (see the module docstring) and return its profile.
+
+    Points left when `time_limit_s` has passed are skipped. Raises ConfigError (from the fit) when too
+    few points could be measured."""
+    from tqdm import tqdm
+
+    capacity = info.num_total_blocks * info.block_size
+    grid = (grid or ProfileGrid()).fitted(max_model_len=info.max_model_len, max_batched_tokens=target.max_batched_tokens,
+                                          max_num_seqs=target.max_num_seqs, kv_capacity_tokens=capacity)
+    prompts = _Prompts()
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
+    bar = tqdm(total=grid.num_points, desc="profile", unit="point", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+
+    def due(what: str) -> bool:
+        """Whether to measure `what` (False once the time limit has passed)."""
+        bar.set_postfix_str(what)
+        if deadline is not None and time.monotonic() > deadline:
+            log.warning("profiling time limit reached: %s skipped", what)
+            return False
+        return True
+
+    prefill: list[PrefillPoint] = []
+    decode: list[DecodePoint] = []
+    with bar:
+        for _ in range(WARMUP_REQUESTS):
+            await _arrivals(engine, prompts.request(min(32, info.max_model_len - 8), 4), clock)
+        for batch, length in [(1, n) for n in grid.prompt_lengths] + list(grid.prefill_batches):
+            if due(f"prefill {batch}x{length}"):
+                point = await _prefill_point(engine, prompts, batch, length, grid.repeats, clock)
+                prefill += [point] if point else []
+            bar.update(1)
+        for batch, context in grid.decode_points():
+            if due(f"decode {batch}x{context}"):
+                point = await measure_decode(engine, prompts, batch, context, grid.decode_steps, clock)
+                decode += [point] if point else []
+            bar.update(1)
+    return EngineProfile.from_points(
+        model=target.model, hardware=target.hardware, block_size=info.block_size,
+        kv_bytes_per_token=info.kv_bytes_per_token, prefill_points=prefill, decode_points=decode,
+        kv_capacity_tokens=capacity or None, num_layers=target.num_layers)
+
+
+async def _prefill_point(engine: BaseEngine, prompts: _Prompts, batch: int, length: int, repeats: int,
+                         clock: Clock) -> PrefillPoint | None:
+    """The median of `repeats` measurements (at most 2 * repeats tries: a split batch is measured again)."""
+    times: list[float] = []
+    for _ in range(2 * repeats):
+        measured = await measure_prefill(engine, prompts, batch, length, clock)
+        if measured is not None:
+            times.append(measured)
+        if len(times) == repeats:
+            break
+    if not times:
+        log.warning("prefill %dx%d: the engine never ran the prompts in one step; point dropped", batch, length)
+        return None
+    return PrefillPoint(prompt_tokens=length, batch_size=batch, ttft_ms=statistics.median(times))
+
+
+# ---- what the profile was measured on ----------------------------------------------------------------
+
+
+def describe_cpu(cores: Sequence[int], engine: str) -> HardwareInfo:
+    """This machine's CPU, for an engine bound to `cores`."""
+    model, flags = _cpuinfo()
+    features = [name for flag, name in (("avx512f", "AVX-512"), ("avx512_bf16", "BF16"), ("amx_tile", "AMX"))
+                if flag in flags]
+    description = (f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores on the machine, "
+                   f"engine on core(s) {','.join(map(str, cores))}{' (' + ', '.join(features) + ')' if features else ''}; "
+                   f"{engine}")
+    return HardwareInfo(name=f"cpu-{len(cores)}core", kind="cpu", count=len(cores), description=description)
+
+
+def describe_gpu(count: int, engine: str) -> HardwareInfo:
+    """The first GPU (torch), for an engine on `count` of them."""
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    slug = "-".join(part for part in name.lower().replace("nvidia", "").split() if part)
+    return HardwareInfo(name=slug or "gpu", kind="gpu", count=count, description=f"{count} x {name}; {engine}")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "", set()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+    return model, flags
+
+
+def parse_cores(text: str) -> list[int]:
+    """'0-2,5' -> [0, 1, 2, 5]. Raises ValueError on anything else."""
+    cores: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        cores.extend(range(int(low), int(high or low) + 1))
+    if not cores:
+        raise ValueError(f"no cores in {text!r}")
+    return cores
