@@ -4,10 +4,9 @@ Everything goes through the `BaseEngine` interface, so vLLM and the timing engin
 `pdserve profile` (`pdserve.cli.profile`) starts the engine and saves the result. Life of a run
 (`profile_engine`):
 1. warm-up: a few short requests (vLLM's first steps allocate and warm its kernels);
-2. prefill points: the time to first token of one prompt per length (median of `repeats`), then of
-   several prompts of one length submitted together. Those must share one step: their first tokens must
-   arrive together, else the engine split them over steps and the point is measured again (dropped
-   after `repeats` tries);
+2. prefill points: the time to first token of one prompt per length (median of `repeats`), then the
+   time of one step computing several prompts of one length submitted together (`measure_prefill`: an
+   engine may split them over steps; the last step is measured then);
 3. decode points: per (batch, context), `batch` requests with `context`-token prompts decode together;
    the step time is the time per token from the moment every one of them decodes until the first one
    finishes. The point's context is the tokens in the KV cache at the start of those steps, summed over
@@ -41,7 +40,7 @@ from workers.engine.base import BaseEngine, EngineInfo, EngineRequest
 log = logging.getLogger(__name__)
 
 TOKEN_IDS = (256, 8192)  # prompt ids: words of the timing tokenizer, ordinary tokens of real vocabularies
-SPLIT_FRACTION = 0.2  # first tokens of a batch spread over more than this share of its time: split over steps
+SPLIT_FRACTION = 0.1  # first tokens this close (a share of the time since submission) came from one step
 WARMUP_REQUESTS = 3
 
 Clock = Callable[[], float]
@@ -118,16 +117,24 @@ async def _together(engine: BaseEngine, requests: Sequence[EngineRequest], clock
     return list(await asyncio.gather(*(_arrivals(engine, r, clock) for r in requests)))
 
 
-async def measure_prefill(engine: BaseEngine, prompts: _Prompts, batch: int, length: int, clock: Clock) -> float | None:
-    """Milliseconds from submitting `batch` prompts of `length` tokens to their first tokens (one step);
-    None when the engine split them over steps."""
+async def measure_prefill(engine: BaseEngine, prompts: _Prompts, batch: int, length: int,
+                          clock: Clock) -> tuple[int, float] | None:
+    """(prompts, milliseconds) of one prefill step, from submitting `batch` prompts of `length` tokens.
+
+    When their first tokens arrive together, the step computed all of them and took from submission to
+    then. An engine that starts a step as soon as the first request arrives (vLLM) splits them: the
+    prompts of the last step were all waiting when it started, so that step is measured from the step
+    before it ended. None when that last step computed a single prompt."""
     started = clock()
     streams = await _together(engine, [prompts.request(length, 1) for _ in range(batch)], clock)
-    firsts = [stream[0][0] for stream in streams]
-    total = max(firsts) - started
-    if batch > 1 and max(firsts) - min(firsts) > SPLIT_FRACTION * total:
-        return None
-    return total * 1000.0
+    firsts = sorted(stream[0][0] for stream in streams)
+    last = firsts[-1]
+    tolerance = SPLIT_FRACTION * (last - started)
+    if last - firsts[0] <= tolerance:
+        return batch, (last - started) * 1000.0
+    in_last = [t for t in firsts if last - t <= tolerance]
+    before = max(t for t in firsts if last - t > tolerance)
+    return (len(in_last), (last - before) * 1000.0) if len(in_last) > 1 else None
 
 
 async def measure_decode(engine: BaseEngine, prompts: _Prompts, batch: int, context: int, steps: int,
@@ -196,18 +203,19 @@ async def profile_engine(engine: BaseEngine, info: EngineInfo, target: ProfileTa
 
 async def _prefill_point(engine: BaseEngine, prompts: _Prompts, batch: int, length: int, repeats: int,
                          clock: Clock) -> PrefillPoint | None:
-    """The median of `repeats` measurements (at most 2 * repeats tries: a split batch is measured again)."""
-    times: list[float] = []
+    """The median of `repeats` measurements of the most frequent step size (at most 2 * repeats tries)."""
+    measured: dict[int, list[float]] = {}
     for _ in range(2 * repeats):
-        measured = await measure_prefill(engine, prompts, batch, length, clock)
-        if measured is not None:
-            times.append(measured)
-        if len(times) == repeats:
+        step = await measure_prefill(engine, prompts, batch, length, clock)
+        if step is not None:
+            measured.setdefault(step[0], []).append(step[1])
+        if sum(map(len, measured.values())) == repeats:
             break
-    if not times:
-        log.warning("prefill %dx%d: the engine never ran the prompts in one step; point dropped", batch, length)
+    if not measured:
+        log.warning("prefill %dx%d: no step computed several of the prompts together; point dropped", batch, length)
         return None
-    return PrefillPoint(prompt_tokens=length, batch_size=batch, ttft_ms=statistics.median(times))
+    size, times = max(measured.items(), key=lambda item: (len(item[1]), item[0]))
+    return PrefillPoint(prompt_tokens=length, batch_size=size, ttft_ms=statistics.median(times))
 
 
 # ---- what the profile was measured on ----------------------------------------------------------------

@@ -3,12 +3,15 @@ file the planner can load; the profile file's optional `num_layers`."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import yaml
 
 from orchestrator.errors import ConfigError
 from orchestrator.profiles import DEFAULT_NUM_LAYERS, EngineProfile, HardwareInfo
 from pdserve.cli import main
+from workers.engine.base import EngineOutput
 from workers.profiling import ProfileGrid, ProfileTarget, describe_cpu, parse_cores, profile_engine
 
 HARDWARE = HardwareInfo(name="test", kind="cpu", count=1)
@@ -42,6 +45,30 @@ async def test_prompts_the_engine_splits_over_steps_are_dropped(make_engine, mak
     engine = await make_engine(profile=make_profile(), clock=clock, max_num_batched_tokens=100)
     measured = await profile_engine(engine, engine.info, ProfileTarget("m", HARDWARE, 2048, 64), SMALL_GRID, clock=clock)
     assert [p.batch_size for p in measured.prefill_points] == [1, 1, 1]  # the 4 x 32 point: never in one step
+
+
+class SplittingEngine:
+    """Like vLLM given four prompts at once: the first runs alone in a 60 ms step, the other three in
+    the next step, which ends at 150 ms."""
+
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.count = 0
+
+    async def _run(self, index):
+        await asyncio.sleep(0)
+        self.clock.now = 0.060 if index == 0 else 0.150
+        yield EngineOutput([300], True, "length")
+
+    def generate(self, request):
+        self.count += 1
+        return self._run(self.count - 1)
+
+
+async def test_a_batch_the_engine_splits_is_measured_by_its_last_step(clock):
+    from workers.profiling import _Prompts, measure_prefill
+
+    assert await measure_prefill(SplittingEngine(clock), _Prompts(), 4, 64, clock) == (3, pytest.approx(90.0))
 
 
 def test_the_grid_keeps_what_the_engine_can_run():
