@@ -8,8 +8,8 @@ Everything goes through the `BaseEngine` interface, so vLLM and the timing engin
    time of one step computing several prompts of one length submitted together (`measure_prefill`: an
    engine may split them over steps; the last step is measured then);
 3. decode points: per (batch, context), `batch` requests with `context`-token prompts decode together;
-   the step time is the time per token from the moment every one of them decodes until the first one
-   finishes. The point's context is the tokens in the KV cache at the start of those steps, summed over
+   the step time is the median time per token from the moment every one of them decodes until the
+   first one finishes. The point's context is the tokens in the KV cache at the start of those steps, summed over
    the batch and averaged over the steps;
 4. `EngineProfile.from_points(...)`, with `kv_bytes_per_token` and the KV capacity
    (`num_total_blocks * block_size`) from `EngineInfo`.
@@ -145,10 +145,13 @@ async def measure_decode(engine: BaseEngine, prompts: _Prompts, batch: int, cont
     first_done = min(streams, key=lambda stream: stream[-1][0])
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(first_done)]
     tolerance = statistics.median(gaps) / 4 if gaps else 0.0  # outputs of the step that made `ready`
-    in_window = sum(n for t, n in first_done if t > ready + tolerance)
+    window = [(t, n) for t, n in first_done if t > ready + tolerance]
+    in_window = sum(n for _, n in window)
     if in_window < 2:
         return None
-    step_s = (first_done[-1][0] - ready) / in_window
+    # The median step: robust to a step that another process on the machine slowed down.
+    starts = [ready] + [t for t, _ in window[:-1]]
+    step_s = statistics.median((t - start) / n for start, (t, n) in zip(starts, window, strict=True))
     # Before the j-th step of the window a request holds its prompt and g0 + j - 2 generated tokens in
     # the cache (g0: tokens it had when the window opened; the newest one is computed by the step).
     cached = [context + sum(n for t, n in stream if t <= ready + tolerance) - 2 + (in_window + 1) / 2 for stream in streams]
