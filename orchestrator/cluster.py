@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import socket
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,7 @@ class ServingCluster:
         controller = None
         try:
             controller = ray.remote(ClusterController).options(
-                name=CONTROLLER_NAME, namespace=NAMESPACE, num_cpus=0, max_concurrency=1000, get_if_exists=False,
+                name=f"{CONTROLLER_NAME}-{uuid.uuid4().hex[:6]}", namespace=NAMESPACE, num_cpus=0, max_concurrency=1000, get_if_exists=False,
             ).remote(config.model_dump(mode="json"), model_dir)
             await _start_controller(controller)
             tokenizer = PromptTokenizer(model_dir, config.model.think_start, config.model.think_end) \

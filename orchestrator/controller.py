@@ -31,7 +31,7 @@ from orchestrator.errors import StartupError
 
 log = logging.getLogger(__name__)
 
-CONTROLLER_NAME = "pdserve-controller"
+CONTROLLER_NAME = "pdserve-controller"  # + a suffix: several clusters may share one Ray cluster
 NAMESPACE = "pdserve"
 HEALTH_INTERVAL_S = 0.5
 STATS_TIMEOUT_S = 10.0

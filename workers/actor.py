@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import grpc
@@ -76,7 +76,8 @@ def build_engine(config: PdserveConfig, model_dir: str, tier: str, worker_id: st
     """The engine `config.engine.kind` names, set up for `tier`."""
     kv = None
     if tier != "colocated":
-        kv = {"transport": config.kv.transport, "host": config.kv.host, "timeout_s": config.kv.timeout_s}
+        kv = {"transport": config.kv.transport, "host": config.kv.host, "timeout_s": config.kv.timeout_s,
+              "max_stash_bytes": config.kv.max_stash_mib << 20}
     if config.engine.kind == "timing":
         from workers.engine.timing import TimingEngine
 
@@ -105,6 +106,7 @@ class Worker:
         self._idle.set()
         self._channels: dict[str, Any] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._faults: list[str] = []
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -136,9 +138,17 @@ class Worker:
 
     # ---- serving ---------------------------------------------------------------------------------
 
+    def inject_kv_fault(self, kind: str, count: int = 1) -> None:
+        """Chaos testing: the next `count` pushes of this worker `corrupt` one frame or `drop` the transfer."""
+        if kind not in ("corrupt", "drop"):
+            raise ValueError(f"unknown KV fault {kind!r}: use corrupt or drop")
+        self._faults.extend([kind] * count)
+
     async def prefill(self, request: EngineRequest) -> PrefillResult:
         """Compute the prompt, push its KV, return the first token. Raises WorkerDraining when draining."""
         self._admit(request.request_id)
+        if request.kv_push is not None and self._faults:
+            request = replace(request, kv_push=replace(request.kv_push, fault=self._faults.pop(0)))
         started = time.monotonic()
         first, reason, cached = None, None, 0
         try:

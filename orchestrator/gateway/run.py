@@ -139,7 +139,8 @@ class RequestRun:
         """Run the prefill; (the first token's chunk, whether the decode worker receives the KV)."""
         self.meter.enter("prefill", self._now())
         self.usage_extra["prefill_worker"] = prefill.worker_id
-        push = KVPush(self.transfer_id, decode.info.kv_endpoint, len(self.prompt_ids), decode.info.kv_control_endpoint or "")
+        push = KVPush(self.transfer_id, decode.info.kv_endpoint(self.gateway.config.kv.transport), len(self.prompt_ids),
+                      decode.info.kv_control_endpoint or "")
         engine_request = self._engine_request(f"{self.request.request_id}-p", self.prompt_ids, 1, kv_push=push)
         metrics.requests_total.labels(tier="prefill").inc()
         started = self._now()

@@ -90,7 +90,7 @@ class Gateway(BaseGateway):
         self._local: dict[str, LocalLoad] = {}
         self._prefix = PrefixIndex(config.router.prefix_cache_blocks)
         self._running: dict[str, Running] = {}
-        self._prompts: OrderedDict[str, list[int]] = OrderedDict()
+        self._prompts: OrderedDict[tuple[Any, ...], list[int]] = OrderedDict()  # count_prompt_tokens -> generate
         self._tasks: set[asyncio.Task] = set()
         self._refresher: asyncio.Task | None = None
         self._controller_error = ""
@@ -153,10 +153,10 @@ class Gateway(BaseGateway):
 
     async def _generate(self, request: Request) -> AsyncIterator[GenerationChunk]:
         now = self.clock()
-        prompt_ids = self._take_prompt_ids(request)
-        meter = self._admit(request, prompt_ids, now)
         if request.request_id in self._running:
             raise InvalidRequest(f"a request with id {request.request_id!r} is already running: use a new id")
+        prompt_ids = self._take_prompt_ids(request)
+        meter = self._admit(request, prompt_ids, now)
         running = self._running[request.request_id] = Running(request.tenant)
         self.num_requests += 1
         metrics.in_flight_requests.inc()
@@ -214,13 +214,18 @@ class Gateway(BaseGateway):
 
     def count_prompt_tokens(self, request: Request) -> int:
         ids = self.tokenizer.encode(request.prompt, start_thinking=request.budget.start_thinking)
-        self._prompts[request.request_id] = ids
+        self._prompts[self._prompt_key(request)] = ids
         while len(self._prompts) > PROMPT_CACHE_SIZE:
             self._prompts.popitem(last=False)
         return len(ids)
 
+    @staticmethod
+    def _prompt_key(request: Request) -> tuple[Any, ...]:
+        # Ids are the client's choice: the key holds what the ids were computed from, not just the id.
+        return (request.tenant, request.request_id, request.prompt, request.budget.start_thinking)
+
     def _take_prompt_ids(self, request: Request) -> list[int]:
-        ids = self._prompts.pop(request.request_id, None)
+        ids = self._prompts.pop(self._prompt_key(request), None)
         if ids is None:
             ids = self.tokenizer.encode(request.prompt, start_thinking=request.budget.start_thinking)
         if not ids:

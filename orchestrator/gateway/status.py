@@ -3,7 +3,7 @@
     {"model", "ready", "mode": "disaggregated" | "colocated",
      "pools": {"prefill" | "decode": {"desired_replicas", "actual_replicas", "workers": [
          {"id", "tier", "state", "healthy", "num_running", "num_waiting", "kv_usage", "num_free_blocks",
-          "num_total_blocks", "kv_endpoint", "num_handoffs"}]}},
+          "num_total_blocks", "kv_endpoint", "kv_endpoints", "num_handoffs"}]}},
      "transfers": {"recent_gb_per_s", "transfer_gb_per_s", "bytes_total", "num_completed", "num_recomputed"},
      "requests": {"in_flight", "queued", "total"},
      "planner": {"enabled", "prefill_replicas", "decode_replicas", "last_reasons"}}
@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 POOLS = ("prefill", "decode")
 
 
-def worker_entry(view: WorkerView) -> dict[str, Any]:
+def worker_entry(view: WorkerView, transport: str) -> dict[str, Any]:
     engine = view.stats.engine if view.stats is not None else None
+    endpoints = dict(view.info.kv_endpoints) if view.info is not None else {}
     return {
         "id": view.worker_id, "tier": view.tier, "state": view.state, "healthy": view.state in ("ready", "draining"),
         "num_running": engine.num_running if engine else 0, "num_waiting": engine.num_waiting if engine else 0,
@@ -31,7 +32,8 @@ def worker_entry(view: WorkerView) -> dict[str, Any]:
         "num_free_blocks": engine.num_free_blocks if engine else 0,
         "num_total_blocks": engine.num_total_blocks if engine else 0,
         "num_handoffs": view.stats.num_handoffs if view.stats is not None else 0,
-        "kv_endpoint": (view.info.kv_endpoint or "") if view.info is not None else "",
+        "kv_endpoint": endpoints.get(transport, ""),  # where it receives KV over the configured transport
+        "kv_endpoints": endpoints,
     }
 
 
@@ -42,7 +44,7 @@ def status_document(gateway: Gateway, desired: dict[str, int], planner: dict[str
         members = [v for v in views if v.pool == pool]
         pools[pool] = {"desired_replicas": int(desired.get(pool, len(members))),
                        "actual_replicas": sum(1 for v in members if v.state == "ready"),
-                       "workers": [worker_entry(v) for v in sorted(members, key=lambda v: v.worker_id)]}
+                       "workers": [worker_entry(v, gateway.config.kv.transport) for v in sorted(members, key=lambda v: v.worker_id)]}
     stats = [v.stats for v in views if v.stats is not None]
     received = sum(s.kv_received_bytes for s in stats)
     seconds = sum(s.kv_transfer_seconds for s in stats)

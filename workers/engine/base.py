@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class KVPush:
     endpoint: str  # zmq://host:port or grpc://host:port of the decode worker
     num_prompt_tokens: int
     control_endpoint: str = ""  # grpc://host:port of the decode worker's KV control service
+    fault: str = ""  # chaos testing only: "corrupt" one frame or "drop" the transfer
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,14 @@ class EngineInfo:
     block_size: int
     num_total_blocks: int
     kv_bytes_per_token: int
-    kv_endpoint: str | None = None  # where this engine receives KV (None: it receives none)
+    kv_endpoints: dict[str, str] = field(default_factory=dict)  # transport -> where this engine receives KV
     kv_control_endpoint: str | None = None  # gRPC control (abort, stats) of the receiver
+
+    def kv_endpoint(self, transport: str) -> str:
+        """The receiving endpoint for `transport` (`zmq` | `grpc`). Raises EngineError if it has none."""
+        if transport not in self.kv_endpoints:
+            raise EngineError(f"this engine receives no KV over {transport!r} (it has {sorted(self.kv_endpoints)})")
+        return self.kv_endpoints[transport]
 
 
 class EngineError(Exception):

@@ -9,8 +9,9 @@ Life of the engine in a worker:
 2. `generate(request)` turns an `EngineRequest` into `SamplingParams` (token ids out, no detokenizing,
    deltas per step) and yields one `EngineOutput` per step. The first output of a receiving request
    carries the transfer's outcome, read from the connector's stats service.
-3. A background task refreshes the exact free-block count from the connector every
-   `STATS_REFRESH_S` (vLLM's own stats only move when the engine steps).
+3. A background task refreshes the exact free-block count (from the connector's scheduler side) and
+   the KV counters (from its worker side) every `STATS_REFRESH_S`: vLLM's own stats only move when
+   the engine steps, so an aborted request's freed blocks would not show in them.
 4. `shutdown()` stops the EngineCore process.
 """
 
@@ -57,7 +58,8 @@ class VllmEngine(BaseEngine):
 
     def __init__(self, model_dir: str, model: ModelConfig, engine: EngineConfig, *, worker_id: str,
                  kv: dict[str, Any] | None = None) -> None:
-        """`kv`: the connector's engine-level settings (`transport`, `host`, `timeout_s`)."""
+        """`kv`: the connector's engine-level settings (`host`, `timeout_s`; `transport` is the one the
+        orchestrator uses, kept for the record: the engine receives on every transport)."""
         self._model_dir = model_dir
         self._model = model
         self._config = engine
@@ -68,8 +70,9 @@ class VllmEngine(BaseEngine):
         self._latest: Any = None  # vLLM SchedulerStats of the last step
         self._exact_blocks: tuple[int, int] | None = None
         self._counters: dict[str, float] = {}
-        self._control: Any = None  # kv_pb2_grpc.KVTransferStub
-        self._channel: grpc.aio.Channel | None = None
+        self._control: Any = None  # kv_pb2_grpc.KVTransferStub of the receiver (worker side of the connector)
+        self._block_stats: Any = None  # ... of the scheduler side: the block pool's counts
+        self._channels: list[grpc.aio.Channel] = []
         self._refresh_task: asyncio.Task | None = None
 
     # ---- life cycle ------------------------------------------------------------------------------
@@ -78,18 +81,19 @@ class VllmEngine(BaseEngine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        endpoint_file = None
+        endpoint_file = stats_file = None
         if self._kv is not None:
-            endpoint_file = Path(tempfile.mkdtemp(prefix="pdserve-kv-")) / "endpoints.json"
-        args = AsyncEngineArgs(**self._engine_args(endpoint_file))
+            directory = Path(tempfile.mkdtemp(prefix="pdserve-kv-"))
+            endpoint_file, stats_file = directory / "endpoints.json", directory / "stats.json"
+        args = AsyncEngineArgs(**self._engine_args(endpoint_file, stats_file))
         try:
             self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[self._stats_sink])
         except Exception as exc:  # vLLM raises many kinds; the worker needs one, with the cause
             raise EngineError(f"vLLM could not start {self._model_dir}: {exc}") from exc
         endpoints = await self._read_endpoints(endpoint_file) if endpoint_file else {}
         if endpoints:
-            self._channel = grpc.aio.insecure_channel(endpoints["grpc"].removeprefix("grpc://"))
-            self._control = kv_pb2_grpc.KVTransferStub(self._channel)
+            self._control = self._stub(endpoints["grpc"])
+            self._block_stats = self._stub((await self._read_endpoints(stats_file))["grpc"])
             self._refresh_task = asyncio.create_task(self._refresh_blocks(), name="pdserve-engine-stats")
         cache = self._llm.vllm_config.cache_config
         self._info = EngineInfo(
@@ -97,12 +101,17 @@ class VllmEngine(BaseEngine):
             block_size=cache.block_size,
             num_total_blocks=max(int(cache.num_gpu_blocks or 0) - 1, 0),
             kv_bytes_per_token=self._kv_bytes_per_token(),
-            kv_endpoint=endpoints.get(self._kv["transport"]) if endpoints else None,
+            kv_endpoints=endpoints,
             kv_control_endpoint=endpoints.get("grpc"),
         )
         return self._info
 
-    def _engine_args(self, endpoint_file: Path | None) -> dict[str, Any]:
+    def _stub(self, endpoint: str) -> kv_pb2_grpc.KVTransferStub:
+        channel = grpc.aio.insecure_channel(endpoint.removeprefix("grpc://"))
+        self._channels.append(channel)
+        return kv_pb2_grpc.KVTransferStub(channel)
+
+    def _engine_args(self, endpoint_file: Path | None, stats_file: Path | None) -> dict[str, Any]:
         from vllm.config import KVTransferConfig
 
         from workers.engine.thinking import THINKING_LOGITS_PROCESSOR
@@ -115,9 +124,6 @@ class VllmEngine(BaseEngine):
             max_num_batched_tokens=max(config.max_num_batched_tokens, self._model.max_model_len),
             tensor_parallel_size=config.tensor_parallel_size, logits_processors=[THINKING_LOGITS_PROCESSOR],
             disable_log_stats=False,
-            # One process for scheduler and model when there is one device: less memory, and the KV
-            # connector's stats service can read the scheduler's block pool.
-            distributed_executor_backend="uni" if config.tensor_parallel_size == 1 else None,
         )
         if _on_gpu():
             args["gpu_memory_utilization"] = config.gpu_memory_utilization
@@ -128,7 +134,7 @@ class VllmEngine(BaseEngine):
                 kv_connector=CONNECTOR, kv_connector_module_path=CONNECTOR_MODULE, kv_role="kv_both",
                 kv_load_failure_policy="recompute",
                 kv_connector_extra_config={**self._kv, "worker_id": self._worker_id, "endpoint_file": str(endpoint_file),
-                                           "zmq_port": 0, "grpc_port": 0})
+                                           "stats_endpoint_file": str(stats_file), "zmq_port": 0, "grpc_port": 0})
         return args
 
     async def _read_endpoints(self, path: Path) -> dict[str, str]:
@@ -140,7 +146,8 @@ class VllmEngine(BaseEngine):
         endpoints = json.loads(path.read_text())
         with contextlib.suppress(OSError):
             path.unlink()
-            path.parent.rmdir()
+            if not any(path.parent.iterdir()):
+                path.parent.rmdir()
         return endpoints
 
     def _kv_bytes_per_token(self) -> int:
@@ -154,8 +161,8 @@ class VllmEngine(BaseEngine):
     async def shutdown(self) -> None:
         if self._refresh_task is not None:
             self._refresh_task.cancel()
-        if self._channel is not None:
-            await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
         if self._llm is not None:
             # Stop reading outputs first: the output handler would log the engine's exit as a crash.
             if self._llm.output_handler is not None:
@@ -258,9 +265,10 @@ class VllmEngine(BaseEngine):
         while True:
             try:
                 reply = await self._control.GetTransferStats(kv_pb2.GetTransferStatsRequest(), timeout=2.0)
-                if reply.num_total_blocks:
-                    self._exact_blocks = (int(reply.num_free_blocks), int(reply.num_total_blocks))
                 self._counters = {field.name: value for field, value in reply.ListFields() if field.name != "outcomes"}
+                blocks = await self._block_stats.GetTransferStats(kv_pb2.GetTransferStatsRequest(), timeout=2.0)
+                if blocks.num_total_blocks:
+                    self._exact_blocks = (int(blocks.num_free_blocks), int(blocks.num_total_blocks))
             except grpc.aio.AioRpcError:
                 self._exact_blocks = None
             await asyncio.sleep(STATS_REFRESH_S)
@@ -292,8 +300,11 @@ class VllmEngine(BaseEngine):
 def _transfer_params(request: EngineRequest) -> dict[str, Any] | None:
     if request.kv_push is not None:
         push = request.kv_push
-        return {"role": "push", "transfer_id": push.transfer_id, "endpoint": push.endpoint,
-                "num_prompt_tokens": push.num_prompt_tokens}
+        params = {"role": "push", "transfer_id": push.transfer_id, "endpoint": push.endpoint,
+                  "num_prompt_tokens": push.num_prompt_tokens}
+        if push.fault:
+            params["fault"] = push.fault
+        return params
     if request.kv_receive is not None:
         receive = request.kv_receive
         return {"role": "receive", "transfer_id": receive.transfer_id, "num_prompt_tokens": receive.num_prompt_tokens}

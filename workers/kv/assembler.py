@@ -2,8 +2,9 @@
 
 Life of a transfer on the decode side:
 1. Frames may arrive before the engine has allocated blocks for the request: they are stashed
-   (bounded by `max_stash_bytes`, and dropped when no `expect()` claims them within `timeout_s`, as for
-   a request that ended before it reached the decode engine; a dropped stash only means a recompute).
+   (bounded by `max_stash_bytes`, and dropped when no `expect()` claims them within `timeout_s` of
+   their last frame, as for a request that ended before it reached the decode engine; a dropped stash
+   only means a recompute).
 2. `expect()` (engine thread, when the scheduler allocated the blocks) registers where each prompt
    block goes and replays the stash.
 3. Each frame is checksummed and written (`write` callback) into the destination blocks, skipping the
@@ -85,7 +86,7 @@ class TransferAssembler:
         self._by_request: dict[str, str] = {}  # request_id -> transfer_id
         self._stash: OrderedDict[str, list[tuple[Header, bytes]]] = OrderedDict()
         self._stash_bytes = 0
-        self._stash_since: dict[str, float] = {}  # transfer_id -> when its first frame was stashed
+        self._stash_since: dict[str, float] = {}  # transfer_id -> when its latest frame was stashed
         self._aborted_early: dict[str, str] = {}  # transfer_id -> reason, abort before expect()
         self._finished: set[str] = set()
         self._failed: set[str] = set()
@@ -173,7 +174,7 @@ class TransferAssembler:
         data = bytes(payload)
         self._stash.setdefault(header.transfer_id, []).append((header, data))
         self._stash.move_to_end(header.transfer_id)
-        self._stash_since.setdefault(header.transfer_id, self._clock())
+        self._stash_since[header.transfer_id] = self._clock()
         self._stash_bytes += len(data)
         while self._stash_bytes > self._max_stash_bytes and self._stash:
             self._drop_stash(next(iter(self._stash)))

@@ -7,7 +7,7 @@ engine: one on the scheduler side (decides what moves, builds per-step metadata)
 side (moves bytes). On the CPU build both live in the EngineCore process.
 
 Per request, `SamplingParams.extra_args["kv_transfer_params"]["pdserve"]` says what to do:
-- `{"role": "push", "transfer_id", "endpoint", "num_prompt_tokens"}` on the prefill engine: every
+- `{"role": "push", "transfer_id", "endpoint", "num_prompt_tokens"[, "fault"]}` on the prefill engine: every
   forward step that computes prompt tokens sends, layer by layer from inside the forward pass
   (`save_kv_layer`), the blocks covering the newly computed tokens (all prompt blocks from token 0 the
   first time, so blocks from the prefill engine's own prefix cache travel too).
@@ -18,9 +18,15 @@ Per request, `SamplingParams.extra_args["kv_transfer_params"]["pdserve"]` says w
   "recompute"), so the request still succeeds.
 
 Engine-level settings (`kv_connector_extra_config`): `host`, `zmq_port`, `grpc_port` (where this engine
-receives; 0: any free port), `endpoint_file` (where the bound endpoints are written as JSON, for the
-worker actor that started the engine), `timeout_s`, `transport` (`zmq` | `grpc`: how this engine sends),
-`worker_id`.
+receives; 0: any free port), `endpoint_file` and `stats_endpoint_file` (where the worker side's
+receiving endpoints and the scheduler side's block-stats endpoint are written as JSON, for the
+worker actor that started the engine), `timeout_s`, `max_stash_bytes`, `worker_id`. How a frame travels follows the
+receiver's endpoint (`zmq://` or `grpc://`, which the orchestrator picks from `kv.transport`): every
+engine receives on both, and sends on whichever its requests name.
+
+Fault injection (chaos tests, like vLLM's): a push's transfer parameters may carry `"fault":
+"corrupt"` (one frame's bytes differ from its checksum) or `"drop"` (no frame is sent); the receiver
+must then recompute, and the request still succeed.
 
 A receive that failed is remembered on the scheduler side: when vLLM reschedules the request to
 recompute it, `get_num_new_matched_tokens` then answers 0, so it is computed locally rather than
@@ -46,7 +52,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from workers.kv.assembler import TransferAssembler
-from workers.kv.transport import KVTransferService, ZmqReceiver, make_sender, serve_kv_service
+from workers.kv.transport import KVSenders, KVTransferService, OutgoingFrame, ZmqReceiver, serve_kv_service
 from workers.kv.wire import Header
 
 if TYPE_CHECKING:
@@ -71,6 +77,7 @@ class SendSpec:
     token_start: int
     token_end: int
     num_prompt_tokens: int
+    fault: str = ""  # fault injection (chaos tests): "corrupt" one frame, or "drop" them all
 
 
 @dataclass(frozen=True)
@@ -96,23 +103,17 @@ class _PushState:
     num_prompt_tokens: int
     block_ids: list[int] = field(default_factory=list)
     sent_until: int = 0
+    fault: str = ""
 
 
-class _EngineBlocks:
-    """The scheduler's block pool, shared with the stats service of the same process (single-process
-    executors: the CPU build, one GPU). None where the scheduler runs elsewhere: counts then read 0."""
+class _BlockCounts:
+    """(free, total) KV blocks of the scheduler's block pool, for its stats service."""
 
-    pool: Any = None
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
 
-    def counts(self) -> tuple[int, int]:
-        """(free, total) KV blocks of this engine; (0, 0) when unknown."""
-        pool = self.pool
-        if pool is None:
-            return 0, 0
-        return int(pool.get_num_free_blocks()), int(pool.num_gpu_blocks) - 1  # block 0 is vLLM's null block
-
-
-ENGINE_BLOCKS = _EngineBlocks()
+    def __call__(self) -> tuple[int, int]:
+        return int(self._pool.get_num_free_blocks()), int(self._pool.num_gpu_blocks) - 1  # block 0: vLLM's null block
 
 
 def block_first_view(cache: torch.Tensor, num_blocks: int | None) -> torch.Tensor:
@@ -195,7 +196,7 @@ class PdserveConnector(KVConnectorBase_V1):
             if not params or params.get("role") != "push":
                 continue
             state = _PushState(params["transfer_id"], params["endpoint"], int(params["num_prompt_tokens"]),
-                               list(new.block_ids[0]))
+                               list(new.block_ids[0]), fault=str(params.get("fault", "")))
             self._pushes[new.req_id] = state
             self._emit(meta, state, new.num_computed_tokens + scheduled.get(new.req_id, 0))
         cached = scheduler_output.scheduled_cached_reqs
@@ -218,7 +219,7 @@ class PdserveConnector(KVConnectorBase_V1):
         start = (state.sent_until // self._block_size) * self._block_size
         first, last = start // self._block_size, -(-end // self._block_size)
         meta.sends.append(SendSpec(state.transfer_id, state.endpoint, state.block_ids[first:last], start, end,
-                                   state.num_prompt_tokens))
+                                   state.num_prompt_tokens, state.fault))
         state.sent_until = end
 
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
@@ -228,8 +229,14 @@ class PdserveConnector(KVConnectorBase_V1):
         self._recompute.update(connector_output.failed_recving or ())
 
     def bind_gpu_block_pool(self, gpu_block_pool: Any) -> None:
-        """Scheduler: keep the block pool, so the engine's free-block count can be reported (stats service)."""
-        ENGINE_BLOCKS.pool = gpu_block_pool
+        """Scheduler: serve the block pool's free/total counts (a stats-only KVTransfer service), so the
+        worker reads exact counts even while the engine idles (vLLM's own stats move only per step).
+        The scheduler and the model run in different processes on the CPU build, hence its own server."""
+        host = self._extra.get("host", "127.0.0.1")
+        server, endpoint = serve_kv_service(KVTransferService(None, None, _BlockCounts(gpu_block_pool)), host, 0)
+        self._receivers.append(server)
+        if self._extra.get("stats_endpoint_file"):
+            _write_atomically(self._extra["stats_endpoint_file"], json.dumps({"grpc": endpoint}))
 
     def request_finished(self, request: Request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         """Scheduler: frames were copied out during the forward pass, so blocks free at once.
@@ -255,10 +262,11 @@ class PdserveConnector(KVConnectorBase_V1):
 
     def _start_receivers(self) -> None:
         host = self._extra.get("host", "127.0.0.1")
-        self._assembler = TransferAssembler(self._write_blocks, timeout_s=float(self._extra.get("timeout_s", 10.0)))
+        self._assembler = TransferAssembler(self._write_blocks, timeout_s=float(self._extra.get("timeout_s", 10.0)),
+                                            max_stash_bytes=int(self._extra.get("max_stash_bytes", 1 << 30)))
         self._receivers.append(ZmqReceiver(self._assembler, host, int(self._extra.get("zmq_port", 0))))
-        self._sender = make_sender(self._extra.get("transport", "zmq"))
-        service = KVTransferService(self._assembler, self._sender.counters, ENGINE_BLOCKS.counts)
+        self._sender = KVSenders()
+        service = KVTransferService(self._assembler, self._sender)
         server, grpc_endpoint = serve_kv_service(service, host, int(self._extra.get("grpc_port", 0)))
         self._receivers.append(server)
         endpoints = {"zmq": self._receivers[0].endpoint, "grpc": grpc_endpoint}
@@ -309,9 +317,9 @@ class PdserveConnector(KVConnectorBase_V1):
         layer = self._layer_index.get(layer_name)
         if layer is None:
             return
-        from workers.kv.transport import OutgoingFrame
-
         for spec in meta.sends:
+            if spec.fault == "drop":
+                continue
             blocks = kv_layer.index_select(0, torch.tensor(spec.block_ids, dtype=torch.long, device=kv_layer.device))
             blocks = blocks.cpu().contiguous()
             self._sender.send(OutgoingFrame(spec.endpoint, dict(
@@ -319,7 +327,7 @@ class PdserveConnector(KVConnectorBase_V1):
                 token_start=spec.token_start, token_end=spec.token_end, num_prompt_tokens=spec.num_prompt_tokens,
                 block_size=self._block_size, dtype=str(blocks.dtype).removeprefix("torch."), shape=tuple(blocks.shape),
                 source_block_ids=spec.block_ids, sender=str(self._extra.get("worker_id", ""))),
-                blocks.view(torch.uint8).numpy()))
+                blocks.view(torch.uint8).numpy(), corrupt=spec.fault == "corrupt" and layer == 0))
 
     def wait_for_save(self) -> None:
         """Worker: sends are asynchronous and own copies of their blocks; nothing to wait for."""

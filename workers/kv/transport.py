@@ -44,9 +44,20 @@ class OutgoingFrame:
     endpoint: str
     fields: dict[str, Any]
     buffer: Any  # numpy array or anything exposing the buffer protocol, contiguous
+    corrupt: bool = False  # fault injection: the bytes on the wire differ from the checksummed ones
 
     def header(self) -> Header:
         return make_header(payload=memoryview(self.buffer).cast("B"), **self.fields)
+
+    def wire(self) -> tuple[Header, memoryview]:
+        """The header (checksum of the true bytes) and the payload to send (sender thread)."""
+        header = self.header()
+        payload = memoryview(self.buffer).cast("B")
+        if self.corrupt and len(payload):
+            damaged = bytearray(payload)
+            damaged[len(damaged) // 2] ^= 0xFF
+            payload = memoryview(damaged)
+        return header, payload
 
 
 @dataclass
@@ -135,8 +146,7 @@ class ZmqSender(BaseKVSender):
 
     def _deliver(self, frame: OutgoingFrame) -> None:
         _, address = split_endpoint(frame.endpoint)
-        header = frame.header()
-        payload = memoryview(frame.buffer).cast("B")
+        header, payload = frame.wire()
         self._socket(address).send_multipart([header.SerializeToString(), payload], copy=False)
         self.counters.frames_sent += 1
         self.counters.bytes_sent += len(payload)
@@ -158,8 +168,8 @@ class GrpcSender(BaseKVSender):
         stream = self._streams.get(address)
         if stream is None or stream.broken:
             stream = self._streams[address] = _GrpcStream(address)
-        header = frame.header()
-        payload = bytes(memoryview(frame.buffer).cast("B"))
+        header, view = frame.wire()
+        payload = bytes(view)
         stream.put(kv_pb2.KVFrame(header=header, payload=payload))
         self.counters.frames_sent += 1
         self.counters.bytes_sent += len(payload)
@@ -213,11 +223,43 @@ class LoopbackSender(BaseKVSender):
         super().__init__()
 
     def _deliver(self, frame: OutgoingFrame) -> None:
-        header = frame.header()
-        payload = memoryview(frame.buffer).cast("B")
+        header, payload = frame.wire()
         self._assembler.on_frame(header, payload)
         self.counters.frames_sent += 1
         self.counters.bytes_sent += len(payload)
+
+
+class KVSenders:
+    """One sender per transport, created on first use: a frame goes by its endpoint's scheme, so one
+    engine can push to `zmq://` and `grpc://` receivers alike. Same `send`/`flush`/`close` as a sender."""
+
+    def __init__(self) -> None:
+        self._senders: dict[str, BaseKVSender] = {}
+        self._lock = threading.Lock()
+
+    def send(self, frame: OutgoingFrame) -> None:
+        scheme, _ = split_endpoint(frame.endpoint)
+        with self._lock:
+            sender = self._senders.get(scheme)
+            if sender is None:
+                sender = self._senders[scheme] = make_sender(scheme)
+        sender.send(frame)
+
+    @property
+    def counters(self) -> SenderCounters:
+        total = SenderCounters()
+        for sender in list(self._senders.values()):
+            total.bytes_sent += sender.counters.bytes_sent
+            total.frames_sent += sender.counters.frames_sent
+            total.frames_dropped += sender.counters.frames_dropped
+        return total
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        return all(sender.flush(timeout_s) for sender in list(self._senders.values()))
+
+    def close(self) -> None:
+        for sender in list(self._senders.values()):
+            sender.close()
 
 
 def make_sender(transport: str) -> BaseKVSender:
@@ -306,8 +348,9 @@ class KVTransferService(kv_pb2_grpc.KVTransferServicer):
                         transfer_id=transfer_id, complete=outcome.complete, recomputed=not outcome.complete,
                         failure=outcome.failure or "", bytes=outcome.bytes, seconds=outcome.seconds))
         if self._sender_counters is not None:
-            reply.bytes_sent_total = self._sender_counters.bytes_sent
-            reply.frames_sent_total = self._sender_counters.frames_sent
+            counters = getattr(self._sender_counters, "counters", self._sender_counters)  # KVSenders or counters
+            reply.bytes_sent_total = counters.bytes_sent
+            reply.frames_sent_total = counters.frames_sent
         if self._block_counts is not None:
             reply.num_free_blocks, reply.num_total_blocks = self._block_counts()
         return reply

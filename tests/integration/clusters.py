@@ -1,0 +1,123 @@
+"""Running pdserve clusters and a reference engine from tests: an event loop in a thread, a cluster
+whose APIs tests reach over the network, one plain vLLM engine to compare outputs with."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import Any
+
+KV_TIMEOUT_S = 3.0  # a dropped transfer is recomputed after this long
+MAX_MODEL_LEN = 2048
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread; `run(coro)` runs a coroutine there and returns its result."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="pdserve-test-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout_s: float = 900.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+
+
+
+
+def cluster_config(**overrides: Any) -> Any:
+    """The config of the test clusters: the default model, ports chosen by the OS, a short KV timeout."""
+    from orchestrator.config import load_config
+
+    base = {"server.grpc_port": 0, "server.http_port": 0, "kv.timeout_s": KV_TIMEOUT_S,
+            "model.max_model_len": MAX_MODEL_LEN}
+    return load_config(None, {**base, **overrides})
+
+
+class Serving:
+    """A running cluster, seen from the tests."""
+
+    def __init__(self, loop: LoopThread, cluster: Any) -> None:
+        self.loop = loop
+        self.cluster = cluster
+        self.extra_stops: list[Any] = []  # coroutine functions: more gateways/servers tests put on the cluster
+
+    def stop(self) -> None:
+        for stop in reversed(self.extra_stops):
+            self.loop.run(stop())
+        self.loop.run(self.cluster.stop())
+
+    @property
+    def grpc_target(self) -> str:
+        return self.cluster.servers.grpc_target
+
+    @property
+    def http_url(self) -> str:
+        return self.cluster.servers.http_url
+
+    def workers(self) -> list[Any]:
+        """The controller's current view of every worker."""
+        import ray
+
+        return ray.get(self.cluster.controller.snapshot.remote())
+
+    def worker(self, tier: str) -> Any:
+        return next(w for w in self.workers() if w["tier"] == tier and w["state"] == "ready")
+
+
+def start_serving(loop: LoopThread, model_dir: str, **overrides: Any) -> Serving:
+    from orchestrator.cluster import ServingCluster
+
+    cluster = loop.run(ServingCluster.start(cluster_config(**overrides), model_dir))
+    return Serving(loop, cluster)
+
+
+
+
+class ReferenceEngine:
+    """One plain vLLM engine (no connector) with the workers' settings, bound to one core like them:
+    the colocated baseline that disaggregated outputs must match token for token."""
+
+    def __init__(self, model_dir: str, dtype: str = "bfloat16") -> None:
+        from orchestrator.config import EngineConfig, ModelConfig
+        from workers.engine.vllm_engine import VllmEngine
+
+        self.loop = LoopThread()
+        previous = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0"
+        self.engine = VllmEngine(model_dir, ModelConfig(max_model_len=MAX_MODEL_LEN, dtype=dtype), EngineConfig(),
+                                 worker_id=f"reference-{dtype}")
+        try:
+            self.loop.run(self.engine.start())
+        finally:
+            if previous is None:
+                os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+            else:
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = previous
+
+    def greedy(self, prompt_ids: list[int], max_tokens: int) -> list[int]:
+        """The greedy tokens of one request run alone."""
+        return self.loop.run(_greedy(self.engine, prompt_ids, max_tokens))
+
+    def close(self) -> None:
+        self.loop.run(self.engine.shutdown())
+        self.loop.close()
+
+
+
+
+async def _greedy(engine: Any, prompt_ids: list[int], max_tokens: int) -> list[int]:
+    import uuid
+
+    from workers.engine.base import EngineRequest
+
+    tokens: list[int] = []
+    request = EngineRequest(uuid.uuid4().hex, tuple(prompt_ids), max_tokens, temperature=0.0)
+    async for output in engine.generate(request):
+        tokens.extend(output.token_ids)
+    return tokens

