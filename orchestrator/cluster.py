@@ -105,6 +105,9 @@ class ServingCluster:
         from orchestrator.gateway.service import Gateway
         from orchestrator.gateway.text import PromptTokenizer
 
+        from orchestrator import tracing
+
+        tracing.setup_from_config("pdserve-gateway", config.tracing)
         server = config.server
         check_ports_free(server.host, {"--grpc-port": server.grpc_port, "--http-port": server.http_port})
         owns_ray = start_ray(config, log_to_driver=log_to_driver)

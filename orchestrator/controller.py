@@ -88,7 +88,29 @@ class ClusterController:
         if failed:
             raise StartupError("workers failed to start:\n" + "\n".join(f"  {r.worker_id}: {r.error}" for r in failed))
         self._health_task = asyncio.create_task(self._health_loop(), name="pdserve-health")
+        if self.config.planner.enabled:
+            self._start_autoscaler()
         return self.replicas()
+
+    def _start_autoscaler(self) -> None:
+        from orchestrator.autoscaler import Autoscaler
+
+        self._planner = Autoscaler(self.config, self._actuator(), self.replicas,
+                                   lambda: [r.stats for r in self.workers.values()])
+        self._planner.start()
+
+    def _actuator(self) -> Any:
+        local = PoolActuator(self)
+        if self.config.planner.actuator == "kubernetes":
+            from orchestrator.actuators.kuberay import KubernetesActuator
+
+            return KubeRayPoolActuator(local, KubernetesActuator(self.config.planner.kubernetes), self)
+        return local
+
+    def report(self, report: Any) -> None:
+        """A gateway's observations of the last second (for the autoscaler; dropped when it is off)."""
+        if self._planner is not None:
+            self._planner.record(report)
 
     async def shutdown(self) -> None:
         self._stopping = True
@@ -252,6 +274,48 @@ class ClusterController:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class PoolActuator:
+    """The Ray actuator, inside the controller: a decision becomes `scale_to` on each pool (the shrinking
+    pool first, so a power budget holds during the change). On KubeRay the Ray autoscaler then adds or
+    removes the pods the workers need."""
+
+    def __init__(self, controller: ClusterController) -> None:
+        self.controller = controller
+
+    async def apply(self, decision: Any) -> None:
+        current = self.controller.replicas()
+        for tier in sorted(TIERS, key=lambda t: decision.num_for(t) - current[t]):
+            if tier == "prefill" and self.controller.config.pools.colocated:
+                continue
+            await self.controller.scale_to(tier, decision.num_for(tier))
+
+    async def observe_replicas(self) -> dict[str, int]:
+        return self.controller.replicas()
+
+
+class KubeRayPoolActuator:
+    """The Kubernetes actuator with the pools: patch the RayCluster's worker groups, and start or drain
+    the workers. A group is never patched below the workers it still runs (draining ones included), so
+    Kubernetes removes a pod only after its worker left."""
+
+    def __init__(self, pools: PoolActuator, kubernetes: Any, controller: ClusterController) -> None:
+        self.pools, self.kubernetes, self.controller = pools, kubernetes, controller
+
+    async def apply(self, decision: Any) -> None:
+        await self.pools.apply(decision)
+        alive = dict.fromkeys(TIERS, 0)
+        for record in self.controller.workers.values():
+            if record.state != "failed":
+                alive[_pool(record.tier)] += 1
+        from dataclasses import replace
+
+        await self.kubernetes.apply(replace(decision, num_prefill=max(decision.num_prefill, alive["prefill"]),
+                                            num_decode=max(decision.num_decode, alive["decode"])))
+
+    async def observe_replicas(self) -> dict[str, int]:
+        return self.controller.replicas()
 
 
 def _pool(tier: str) -> str:

@@ -101,6 +101,24 @@ def extract_context(carrier: Mapping[str, str] | None) -> otel_context.Context:
     return propagate.extract(dict(carrier or {}))
 
 
+def inject_span(span: trace.Span, carrier: dict[str, str] | None = None) -> dict[str, str]:
+    """Like `inject_context`, for `span` rather than the current span (spans kept open across an async
+    generator's yields are not made current: the generator may resume in another context)."""
+    carrier = {} if carrier is None else carrier
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier
+
+
+def child_span(name: str, parent: trace.Span, **attributes: Any) -> trace.Span:
+    """Start span `name` under `parent` without making it current; end it with `span.end()`."""
+    return tracer().start_span(name, context=trace.set_span_in_context(parent), attributes=attributes or None)
+
+
+def setup_from_config(service_name: str, config: Any) -> TracerProvider:
+    """`setup_tracing` with a `TracingConfig`."""
+    return setup_tracing(service_name, config.exporter, config.endpoint, config.protocol)
+
+
 @contextmanager
 def remote_span(name: str, carrier: Mapping[str, str] | None, **attributes: Any) -> Iterator[trace.Span]:
     """Open span `name` as a child of the context in `carrier` (from `inject_context` on the caller's side)

@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from orchestrator import tracing
 from orchestrator.api.pb import kv_pb2, kv_pb2_grpc
 from orchestrator.config import PdserveConfig
 from workers.engine.base import BaseEngine, EngineInfo, EngineOutput, EngineRequest, EngineStats
@@ -72,6 +73,41 @@ class WorkerStats:
         return asdict(self)
 
 
+class _DecodeSpans:
+    """The decode side's spans of one request: `kv_transfer` until its first output (when it receives
+    KV), then `decode`. Kept open across the generator's yields, so not made current."""
+
+    def __init__(self, request: EngineRequest, worker_id: str) -> None:
+        parent = tracing.extract_context(request.trace)
+        self._tracer = tracing.tracer()
+        self._parent = parent
+        self._worker_id = worker_id
+        self._transfer = (self._tracer.start_span("kv_transfer", context=parent, attributes={"worker": worker_id})
+                          if request.kv_receive is not None else None)
+        self._decode = None if self._transfer is not None else self._start_decode()
+        self._num_tokens = 0
+
+    def _start_decode(self) -> Any:
+        return self._tracer.start_span("decode", context=self._parent, attributes={"worker": self._worker_id})
+
+    def observe(self, output: EngineOutput) -> None:
+        if self._transfer is not None:
+            if output.kv is not None:
+                self._transfer.set_attributes({"complete": output.kv.complete, "bytes": output.kv.bytes,
+                                               "failure": output.kv.failure})
+            self._transfer.end()
+            self._transfer = None
+            self._decode = self._start_decode()
+        self._num_tokens += len(output.token_ids)
+
+    def end(self) -> None:
+        if self._transfer is not None:
+            self._transfer.end()
+        if self._decode is not None:
+            self._decode.set_attribute("tokens", self._num_tokens)
+            self._decode.end()
+
+
 def build_engine(config: PdserveConfig, model_dir: str, tier: str, worker_id: str) -> BaseEngine:
     """The engine `config.engine.kind` names, set up for `tier`."""
     kv = None
@@ -97,6 +133,7 @@ class Worker:
         self.worker_id = worker_id
         self.tier = tier
         self.config = PdserveConfig.model_validate(config)
+        tracing.setup_from_config(f"pdserve-{tier}", self.config.tracing)
         self.engine = build_engine(self.config, model_dir, tier, worker_id)
         self.info: EngineInfo | None = None
         self.draining = False
@@ -152,12 +189,15 @@ class Worker:
         started = time.monotonic()
         first, reason, cached = None, None, 0
         try:
-            async for output in self.engine.generate(request):
-                if output.token_ids and first is None:
-                    first = output.token_ids[0]
-                cached = max(cached, output.num_cached_tokens)
-                if output.finished:
-                    reason = output.finish_reason
+            with tracing.remote_span("prefill", request.trace, worker=self.worker_id,
+                                     prompt_tokens=len(request.prompt_ids)) as span:
+                async for output in self.engine.generate(request):
+                    if output.token_ids and first is None:
+                        first = output.token_ids[0]
+                    cached = max(cached, output.num_cached_tokens)
+                    if output.finished:
+                        reason = output.finish_reason
+                span.set_attribute("cached_tokens", cached)
         finally:
             if request.kv_push is not None and first is not None:
                 self._handoffs.add(request.request_id)
@@ -168,10 +208,13 @@ class Worker:
     async def generate(self, request: EngineRequest) -> AsyncIterator[list[EngineOutput]]:
         """Run a request to its end, yielding its outputs (a Ray streaming generator)."""
         self._admit(request.request_id)
+        spans = _DecodeSpans(request, self.worker_id)
         try:
             async for output in self.engine.generate(request):
+                spans.observe(output)
                 yield [output]
         finally:
+            spans.end()
             self._release(request.request_id)
 
     async def abort(self, request_id: str) -> None:

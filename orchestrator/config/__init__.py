@@ -15,6 +15,7 @@ from orchestrator.config.base import ConfigModel
 from orchestrator.config.budget import BudgetConfig
 from orchestrator.config.planner import PlannerConfig
 from orchestrator.config.server import ServerConfig
+from orchestrator.config.tracing import TracingConfig
 from orchestrator.config.serving import (
     DEFAULT_MODEL,
     EngineConfig,
@@ -38,6 +39,7 @@ class PdserveConfig(ConfigModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
 
 def _explain(err: ValidationError, source: str) -> ConfigError:
@@ -114,6 +116,7 @@ __all__ = [
     "PoolsConfig",
     "RouterConfig",
     "ServerConfig",
+    "TracingConfig",
     "config_json_schema",
     "load_config",
     "with_overrides",

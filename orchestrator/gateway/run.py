@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from orchestrator import metrics
+from orchestrator import metrics, tracing
 from orchestrator.budget import QueueEntry, metrics as budget_metrics
 from orchestrator.budget.meter import BudgetMeter
 from orchestrator.errors import PdserveError, Unavailable
@@ -81,6 +81,9 @@ class RequestRun:
         self._slot = False
         self._prefill_observed = False
         self._last_token_s: float | None = None
+        self._first_token_s: float | None = None
+        self.span = tracing.tracer().start_span("request", attributes={
+            "request_id": request.request_id, "tenant": request.tenant, "prompt_tokens": len(prompt_ids)})
         self._first_tier = "decode"
 
     # ---- the stream ------------------------------------------------------------------------------
@@ -129,7 +132,11 @@ class RequestRun:
     async def _queue(self) -> None:
         entry = QueueEntry(self.request.request_id, self.request.tenant, self.meter.admission.priority,
                            len(self.prompt_ids) + self.limit)
-        await self._wait(self.gateway.queue.acquire(entry))
+        span = tracing.child_span("queue", self.span, priority=entry.priority)
+        try:
+            await self._wait(self.gateway.queue.acquire(entry))
+        finally:
+            span.end()
         self._slot = True
         metrics.queue_seconds.observe(self._now() - self.meter.admission.admitted_s)
 
@@ -273,6 +280,7 @@ class RequestRun:
 
     def _observe_latency(self, num_tokens: int, now: float) -> None:
         if self._last_token_s is None:
+            self._first_token_s = now
             metrics.ttft_seconds.labels(tier=self._first_tier).observe(now - self.meter.admission.admitted_s)
         else:
             gap = (now - self._last_token_s) / num_tokens
@@ -303,7 +311,7 @@ class RequestRun:
             top_p=sampling.top_p, top_k=sampling.top_k, seed=sampling.seed, ignore_eos=sampling.ignore_eos,
             thinking=self._thinking_limits(),
             num_original_prompt_tokens=len(self.prompt_ids) if len(ids) > len(self.prompt_ids) else None,
-            kv_push=kv_push, kv_receive=kv_receive)
+            kv_push=kv_push, kv_receive=kv_receive, trace=tracing.inject_span(self.span))
 
     def _thinking_limits(self) -> ThinkingLimits | None:
         budget = self.meter.budget
@@ -356,6 +364,21 @@ class RequestRun:
             self.meter.finish(FinishReason.CANCELLED, self._now())  # the client went away
         budget_metrics.observe_finished(self.meter)
         metrics.requests_finished_total.labels(reason=self.meter.finish_reason.value).inc()
+        self.gateway.observe_finish(len(self.generated), *self._latencies_ms())
+        usage = self.usage()
+        self.span.set_attributes({"finish_reason": self.meter.finish_reason.value, "output_tokens": len(self.generated),
+                                  "prefill_worker": usage.prefill_worker, "decode_worker": usage.decode_worker,
+                                  "kv_recomputed": usage.kv_recomputed, "prefill_skipped": usage.prefill_skipped})
+        self.span.end()
+
+    def _latencies_ms(self) -> tuple[float | None, float | None]:
+        """(TTFT, mean inter-token latency) of this request, in ms, None where undefined."""
+        if self._first_token_s is None:
+            return None, None
+        ttft = (self._first_token_s - self.meter.admission.admitted_s) * 1000
+        if len(self.generated) < 2 or self._last_token_s is None:
+            return ttft, None
+        return ttft, (self._last_token_s - self._first_token_s) * 1000 / (len(self.generated) - 1)
 
     def _now(self) -> float:
         return self.gateway.clock()

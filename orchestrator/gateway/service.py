@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import metrics
+from orchestrator.autoscaler import GatewayReport
 from orchestrator.budget import AdmissionRequest, BudgetMeter, TenantQuotas, admit
 from orchestrator.budget import metrics as budget_metrics
 from orchestrator.config import PdserveConfig
@@ -38,6 +39,7 @@ from workers.engine.base import ThinkingLimits
 log = logging.getLogger(__name__)
 
 PROMPT_CACHE_SIZE = 4096
+REPORT_INTERVAL_S = 1.0
 TRANSFER_RATE_WINDOW_S = 30.0
 
 
@@ -96,16 +98,21 @@ class Gateway(BaseGateway):
         self._controller_error = ""
         self._transfer_samples: list[tuple[float, int, float]] = []  # (time, bytes, transfer s), all workers
         self._thinking: dict[tuple[Any, ...], ThinkingLimits] = {}
+        self._report = GatewayReport()
+        self._reporter: asyncio.Task | None = None
 
     # ---- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.refresh()
         self._refresher = asyncio.create_task(self._refresh_loop(), name="pdserve-gateway-refresh")
+        if self.config.planner.enabled:
+            self._reporter = asyncio.create_task(self._report_loop(), name="pdserve-gateway-report")
 
     async def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
+        for task in (self._refresher, self._reporter):
+            if task is not None:
+                task.cancel()
         for task in list(self._tasks):
             await asyncio.gather(task, return_exceptions=True)
 
@@ -141,6 +148,25 @@ class Gateway(BaseGateway):
         (t0, b0, _), (t1, b1, _) = self._transfer_samples[0], self._transfer_samples[-1]
         return max(b1 - b0, 0) / (t1 - t0) if t1 > t0 else 0.0
 
+    async def _report_loop(self) -> None:
+        """Send the autoscaler what this gateway saw, once a second."""
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            report, self._report = self._report, GatewayReport()
+            report.queue_depth = self.queue.depth
+            try:
+                await asyncio.wait_for(self.controller.report.remote(report), 10.0)
+            except Exception as exc:  # the autoscaler misses one second; serving goes on
+                log.warning("gateway: report to the controller failed: %s", exc)
+
+    def observe_arrival(self, num_prompt_tokens: int) -> None:
+        if self._reporter is not None:
+            self._report.arrivals.append((time.time(), num_prompt_tokens))
+
+    def observe_finish(self, num_output_tokens: int, ttft_ms: float | None, itl_ms: float | None) -> None:
+        if self._reporter is not None:
+            self._report.finished.append((time.time(), num_output_tokens, ttft_ms, itl_ms))
+
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.refresh_s)
@@ -157,6 +183,7 @@ class Gateway(BaseGateway):
             raise InvalidRequest(f"a request with id {request.request_id!r} is already running: use a new id")
         prompt_ids = self._take_prompt_ids(request)
         meter = self._admit(request, prompt_ids, now)
+        self.observe_arrival(len(prompt_ids))
         running = self._running[request.request_id] = Running(request.tenant)
         self.num_requests += 1
         metrics.in_flight_requests.inc()

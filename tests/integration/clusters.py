@@ -121,3 +121,50 @@ async def _greedy(engine: Any, prompt_ids: list[int], max_tokens: int) -> list[i
     async for output in engine.generate(request):
         tokens.extend(output.token_ids)
     return tokens
+
+
+class TraceCollector:
+    """A real OTLP/gRPC trace collector on 127.0.0.1 that keeps every span it receives, so tests can
+    check the traces the gateway and the worker processes export."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        collector = self
+        self.spans: list[Any] = []
+        self._lock = threading.Lock()
+
+        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):  # noqa: N802 - the OTLP method name
+                with collector._lock:
+                    for resource_spans in request.resource_spans:
+                        service = next((a.value.string_value for a in resource_spans.resource.attributes
+                                        if a.key == "service.name"), "")
+                        for scope in resource_spans.scope_spans:
+                            collector.spans.extend((service, span) for span in scope.spans)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def trace(self, request_id: str) -> list[tuple[str, Any]]:
+        """(service, span) of every span in the trace whose root span carries `request_id`."""
+        with self._lock:
+            spans = list(self.spans)
+        roots = [s for _, s in spans if s.name == "request" and any(
+            a.key == "request_id" and a.value.string_value == request_id for a in s.attributes)]
+        if not roots:
+            return []
+        return [(service, s) for service, s in spans if s.trace_id == roots[0].trace_id]
+
+    def stop(self) -> None:
+        self.server.stop(0)

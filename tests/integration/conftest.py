@@ -8,11 +8,12 @@ first use and stopped once at the end of the session.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
-from clusters import LoopThread, ReferenceEngine, Serving, start_serving
+from clusters import LoopThread, ReferenceEngine, Serving, TraceCollector, start_serving
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,7 @@ def ray_session() -> Iterator[None]:
     from orchestrator.cluster import EMBEDDED_RESOURCES, OBJECT_STORE_BYTES
     from orchestrator.controller import NAMESPACE
 
+    os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")  # every process exports its spans within 0.5 s
     ray.init(num_cpus=16, resources={"prefill": EMBEDDED_RESOURCES, "decode": EMBEDDED_RESOURCES}, namespace=NAMESPACE,
              include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False,
              configure_logging=False)
@@ -47,9 +49,17 @@ def loop_thread() -> Iterator[LoopThread]:
 
 
 @pytest.fixture(scope="session")
-def serving(ray_session, loop_thread, model_dir) -> Iterator[Serving]:
-    """The session's disaggregated cluster (1 prefill + 1 decode vLLM-CPU worker, ZeroMQ KV transport)."""
-    serving = start_serving(loop_thread, model_dir)
+def trace_collector() -> Iterator[TraceCollector]:
+    collector = TraceCollector()
+    yield collector
+    collector.stop()
+
+
+@pytest.fixture(scope="session")
+def serving(ray_session, loop_thread, model_dir, trace_collector) -> Iterator[Serving]:
+    """The session's disaggregated cluster (1 prefill + 1 decode vLLM-CPU worker, ZeroMQ KV transport),
+    exporting its traces to the session's OTLP collector."""
+    serving = start_serving(loop_thread, model_dir, **{"tracing.exporter": "otlp", "tracing.endpoint": trace_collector.endpoint})
     try:
         yield serving
     finally:

@@ -182,3 +182,23 @@ def _metric(serving, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def test_one_trace_per_request_spans_the_gateway_and_both_workers(serving, trace_collector, tokenizer):
+    import time
+
+    prompt = tokenizer.encode("Tracing check: " + PASSAGES[1])
+    with Client(serving.grpc_target) as client:
+        answer = _greedy(client, prompt, max_tokens=4)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        spans = trace_collector.trace(answer.request_id)
+        if {"request", "queue", "prefill", "kv_transfer", "decode"} <= {s.name for _, s in spans}:
+            break
+        time.sleep(0.5)
+    by_name = {span.name: (service, span) for service, span in spans}
+    assert set(by_name) >= {"request", "queue", "prefill", "kv_transfer", "decode"}, sorted(by_name)
+    assert by_name["request"][0] == "pdserve-gateway"
+    assert by_name["prefill"][0] == "pdserve-prefill" and by_name["decode"][0] == "pdserve-decode"
+    root = by_name["request"][1]
+    assert all(span.parent_span_id == root.span_id for name, (_, span) in by_name.items() if name != "request")

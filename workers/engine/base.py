@@ -73,6 +73,7 @@ class EngineRequest:
     num_original_prompt_tokens: int | None = None
     kv_push: KVPush | None = None
     kv_receive: KVReceive | None = None
+    trace: dict[str, str] = field(default_factory=dict)  # W3C trace context of the request's span
 
 
 @dataclass(frozen=True)

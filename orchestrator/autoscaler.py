@@ -1,0 +1,190 @@
+"""The autoscaling loop: observations in, the pure planner's decision out, an actuator applies it.
+
+It runs inside the controller actor (`pdserve up --autoscale`). Life of one interval:
+1. The gateways report what they saw (`GatewayReport`, about once a second): arrivals with their
+   prompt lengths, finished requests with output lengths, TTFT and inter-token latency, queue depth.
+2. Every `planner.interval_s`, `observe()` turns the reports of the window and the workers' stats into
+   `planner.Observations`: arrival rate, prompt/output length *distributions*, observed TTFT/ITL at
+   the SLO percentile, queue depths, decode KV usage, ready replicas.
+3. `planner.decide(...)` (pure) sizes both tiers; the decision, with its reasons, goes to the actuator
+   and to the planner metrics; the next state is kept for the next interval.
+Actuators: `ray` (the controller starts workers and drains them; on KubeRay the Ray autoscaler adds
+the pods the pending workers need), `kubernetes` (patch the RayCluster's worker groups as well).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.config import PdserveConfig
+from orchestrator.errors import ConfigError
+from orchestrator.planner import metrics as planner_metrics
+from orchestrator.planner.observations import LengthDistribution, Observations
+from orchestrator.planner.policy import PlannerState, ScalingDecision, decide
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROFILES = {"smollm2-135m-instruct": "smollm2-135m-cpu.yaml"}
+LENGTH_WINDOW_INTERVALS = 6  # length distributions are drawn from this many intervals of arrivals
+MIN_LATENCY_SAMPLES = 5
+
+
+@dataclass
+class GatewayReport:
+    """What one gateway saw since its last report (times on the gateway's wall clock)."""
+
+    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (time_s, prompt tokens)
+    finished: list[tuple[float, int, float | None, float | None]] = field(default_factory=list)
+    # (time_s, output tokens, ttft_ms, mean inter-token ms)
+    queue_depth: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.arrivals or self.finished or self.queue_depth)
+
+
+def load_profile(config: PdserveConfig) -> Any:
+    """The engine profile the planner plans with: `engine.profile`, or the shipped one of the default
+    model. Raises ConfigError saying how to make one when there is none."""
+    from pathlib import Path
+
+    from orchestrator.profiles import EngineProfile
+
+    if config.engine.profile is not None:
+        return EngineProfile.load(config.engine.profile)
+    shipped = DEFAULT_PROFILES.get(config.model.name)
+    if shipped is None:
+        raise ConfigError("autoscaling needs an engine profile of this model on this hardware: run "
+                          "`pdserve profile --model ... --out profile.yaml`, then pass --profile profile.yaml")
+    return EngineProfile.load(Path(__file__).parent / "data" / "profiles" / shipped)
+
+
+class Autoscaler:
+    """The loop (see the module docstring). `replicas()` and `stats()` read the controller's pools."""
+
+    def __init__(self, config: PdserveConfig, actuator: Any, replicas: Callable[[], dict[str, int]],
+                 worker_stats: Callable[[], Sequence[Any]], clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.planner = config.planner
+        self.profile = load_profile(config)
+        self.actuator = actuator
+        self._replicas = replicas
+        self._worker_stats = worker_stats
+        self._clock = clock
+        self._arrivals: deque[tuple[float, int]] = deque()
+        self._finished: deque[tuple[float, int, float | None, float | None]] = deque()
+        self._queue_depth = 0
+        self._state: PlannerState | None = None
+        self.last: ScalingDecision | None = None
+        self.last_s: float | None = None
+        self.history: deque[dict[str, Any]] = deque(maxlen=256)
+        self._task: asyncio.Task | None = None
+
+    # ---- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="pdserve-autoscaler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.planner.interval_s)
+            try:
+                await self.step()
+            except Exception:  # one bad interval must not stop autoscaling; it is logged with its cause
+                log.exception("autoscaler: the planning interval failed")
+
+    # ---- one interval ----------------------------------------------------------------------------
+
+    def record(self, report: GatewayReport) -> None:
+        """Take a gateway's report (controller actor's loop)."""
+        self._arrivals.extend(report.arrivals)
+        self._finished.extend(report.finished)
+        self._queue_depth = report.queue_depth
+
+    async def step(self) -> ScalingDecision:
+        observations = self.observe(self._clock())
+        decision = decide(observations, self.profile, self.planner.slo, self._state, self.planner)
+        self._state = decision.next_state
+        self.last, self.last_s = decision, observations.now_s
+        planner_metrics.observe_decision(decision)
+        self.history.append({"time_s": observations.now_s, "prefill": decision.num_prefill,
+                             "decode": decision.num_decode, "reasons": _reasons(decision)})
+        if decision.num_prefill != observations.num_prefill or decision.num_decode != observations.num_decode:
+            log.info("autoscaler: %s", decision.describe())
+        await self.actuator.apply(decision)
+        planner_metrics.observe_actual(await self.actuator.observe_replicas())
+        return decision
+
+    def observe(self, now_s: float) -> Observations:
+        """The planner's view of the last interval (see the module docstring)."""
+        interval = self.planner.interval_s
+        self._forget_before(now_s - interval * LENGTH_WINDOW_INTERVALS)
+        recent = [a for a in self._arrivals if a[0] > now_s - interval]
+        finished = [f for f in self._finished if f[0] > now_s - interval]
+        replicas = self._replicas()
+        prefill_waiting, kv_usage = self._pool_load()
+        percentile = self.planner.slo.percentile
+        return Observations(
+            now_s=now_s, arrival_rate_per_s=len(recent) / interval,
+            prompt_tokens=_distribution([p for _, p in self._arrivals], self.config.model.max_model_len // 4),
+            output_tokens=_distribution([o for _, o, _, _ in self._finished], 64),
+            num_prefill=replicas.get("prefill", 0), num_decode=replicas.get("decode", 0),
+            prefill_queue_depth=prefill_waiting, decode_queue_depth=self._queue_depth, decode_kv_usage=kv_usage,
+            prefill_ttft_ms=_percentile([t for _, _, t, _ in finished if t is not None], percentile),
+            decode_itl_ms=_percentile([i for _, _, _, i in finished if i is not None], percentile))
+
+    def _forget_before(self, cutoff_s: float) -> None:
+        while self._arrivals and self._arrivals[0][0] < cutoff_s:
+            self._arrivals.popleft()
+        while self._finished and self._finished[0][0] < cutoff_s:
+            self._finished.popleft()
+
+    def _pool_load(self) -> tuple[int, float | None]:
+        prefill_waiting, usages = 0, []
+        for stats in self._worker_stats():
+            if stats is None:
+                continue
+            if stats.tier == "prefill":
+                prefill_waiting += stats.engine.num_waiting
+            else:
+                usages.append(stats.engine.kv_usage)
+        return prefill_waiting, (sum(usages) / len(usages) if usages else None)
+
+    def state(self) -> dict[str, Any]:
+        """For `pdserve status`: the last decision and its reasons."""
+        if self.last is None:
+            return {"interval_s": self.planner.interval_s, "last_reasons": []}
+        return {"prefill_replicas": self.last.num_prefill, "decode_replicas": self.last.num_decode,
+                "prefill_action": self.last.prefill_action, "decode_action": self.last.decode_action,
+                "last_reasons": _reasons(self.last), "last_decision_s": self.last_s,
+                "interval_s": self.planner.interval_s}
+
+
+def _reasons(decision: ScalingDecision) -> list[str]:
+    return [f"prefill: {r}" for r in decision.prefill_reasons] + [f"decode: {r}" for r in decision.decode_reasons]
+
+
+def _distribution(samples: Sequence[int], default: int) -> LengthDistribution:
+    """The lengths seen, or one typical length before anything was seen."""
+    if not samples:
+        return LengthDistribution.constant(max(default, 1))
+    return LengthDistribution.from_samples([max(int(s), 1) for s in samples])
+
+
+def _percentile(samples: Sequence[float], percentile: float) -> float | None:
+    if len(samples) < MIN_LATENCY_SAMPLES:
+        return None
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, math.ceil(percentile / 100 * len(ordered)) - 1))
+    return ordered[index]
