@@ -6,6 +6,7 @@ Bad input raises ConfigError (the CLI turns it into exit code 2 with the message
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
@@ -13,7 +14,13 @@ from simulations.config import SimConfig
 from simulations.hardware import get_accelerator
 from simulations.models import get_model
 from simulations.request import SimRequest
-from simulations.workloads import BudgetMix, apply_budget_mix, from_trace, parse_mix, synthetic
+from simulations.workloads import (
+    BudgetMix,
+    apply_budget_mix,
+    from_trace,
+    parse_mix,
+    synthetic,
+)
 
 
 def add_workload_args(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +41,8 @@ def add_workload_args(parser: argparse.ArgumentParser) -> None:
 
 def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster and models")
-    group.add_argument("--model", default="llama-3.1-8b", help="model shape (unknown names list the valid ones)")
+    group.add_argument("--model", help="model shape (unknown names list the valid ones; default: the --profile's "
+                                       "model, else llama-3.1-8b)")
     group.add_argument("--accelerator", default="h100-sxm", help="accelerator from hardware.yaml")
     group.add_argument("--max-num-seqs", type=int, default=256, help="batch limit per engine step")
     group.add_argument("--max-batched-tokens", type=int, default=8192, help="token limit per engine step")
@@ -49,23 +57,65 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compute-efficiency", type=float, default=0.70, help="roofline: share of peak FLOPs")
     group.add_argument("--bandwidth-efficiency", type=float, default=0.90, help="roofline: share of HBM bandwidth")
     group.add_argument("--step-overhead-ms", type=float, default=0.5, help="roofline: fixed cost per step")
+    calibration = parser.add_argument_group("serving-path calibration (docs/simulator.md, Accuracy)")
+    calibration.add_argument("--request-overhead-ms", type=float, default=0.0,
+                             help="client send to the worker's queue, plus the first token's way back (default 0)")
+    calibration.add_argument("--transfer-latency-ms", type=float, default=0.5, help="fixed cost of one KV hand-off")
+    calibration.add_argument("--decode-kv-load-steps", type=int, default=1,
+                             help="engine steps a decode engine takes to load received KV (vLLM: 1)")
+    budgets = parser.add_argument_group("budgets (orchestrator.budget)")
+    budgets.add_argument("--budgets", choices=("auto", "on", "off"), default="auto",
+                         help="admission and per-token charging; auto: on when requests carry budgets or "
+                              "--budget-config is given")
+    budgets.add_argument("--budget-config", metavar="FILE", help="YAML of the `budget` section (tenants' defaults, "
+                                                                 "maximums, quotas, prices), or a pdserve config file")
+
+
+def load_section(path: str, name: str, model: type) -> Any:
+    """A config section (`budget`, `planner`) from a YAML file holding the section, or a whole pdserve
+    config with the section under its name. Raises ConfigError naming the file and the problems."""
+    import yaml
+    from pydantic import ValidationError
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {name} config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name} config {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name} config {path} must hold a mapping, got {type(data).__name__}")
+    if isinstance(data.get(name), dict):
+        data = data[name]
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or name}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"invalid {name} config {path}: {problems}") from None
 
 
 def base_config(args: argparse.Namespace, **changes: Any) -> SimConfig:
     """SimConfig from the shared flags (validated: names, SLOs, efficiencies)."""
-    get_model(args.model)
+    from orchestrator.config import BudgetConfig
+    model = args.model or changes.pop("default_model", None) or "llama-3.1-8b"
+    changes.pop("default_model", None)
+    get_model(model)
     get_accelerator(args.accelerator)
     for name in ("ttft_slo_ms", "tpot_slo_ms"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 < args.slo_percentile <= 100:
         raise ConfigError(f"--slo-percentile must be in (0, 100], got {args.slo_percentile}")
-    values = dict(model=args.model, accelerator=args.accelerator, max_num_seqs=args.max_num_seqs,
+    values = dict(model=model, accelerator=args.accelerator, max_num_seqs=args.max_num_seqs,
                   max_batched_tokens=args.max_batched_tokens, ttft_slo_ms=args.ttft_slo_ms, tpot_slo_ms=args.tpot_slo_ms,
                   slo_percentile=args.slo_percentile, power_cap_fraction=args.power_cap, pue=args.pue,
                   usd_per_kwh=args.usd_per_kwh, usd_per_gpu_hour=args.gpu_hour_usd, transfer_gb_s=args.transfer_gb_s,
                   compute_efficiency=args.compute_efficiency, bandwidth_efficiency=args.bandwidth_efficiency,
-                  step_overhead_ms=args.step_overhead_ms)
+                  step_overhead_ms=args.step_overhead_ms, request_overhead_ms=args.request_overhead_ms,
+                  transfer_latency_ms=args.transfer_latency_ms, decode_kv_load_steps=args.decode_kv_load_steps,
+                  budgets=args.budgets)
+    if args.budget_config:
+        values["budget"] = load_section(args.budget_config, "budget", BudgetConfig)
+        values["budgets"] = "on" if args.budgets == "auto" else args.budgets
     values.update(changes)
     return validated(values)
 

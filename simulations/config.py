@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from orchestrator.config import ConfigModel, RouterConfig
+from orchestrator.config import BudgetConfig, ConfigModel, PlannerConfig, RouterConfig
 from simulations.power import PowerConfig
 from simulations.timing import Efficiency
 
@@ -38,7 +38,12 @@ class SimConfig(ConfigModel):
     allreduce_latency_us: float = Field(Efficiency.allreduce_latency_us, ge=0, description="Latency of one TP all-reduce.")
     memory_utilization: float = Field(Efficiency.memory_utilization, gt=0, le=1, description="Share of HBM the engine uses.")
     transfer_gb_s: float | None = Field(None, gt=0, description="KV link bandwidth per transfer (GB/s); default: the GPUs' scale-out NICs.")
-    transfer_latency_ms: float = Field(0.5, ge=0, description="Fixed latency of one KV transfer.")
+    transfer_latency_ms: float = Field(0.5, ge=0, description="Fixed latency of one KV hand-off (the decode request's "
+                                       "RPC and the last frame), on top of bytes / bandwidth.")
+    request_overhead_ms: float = Field(0.0, ge=0, description="Time from a client's send until the gateway queues it on "
+                                       "a worker, plus the first token's way back (API, tokenization, admission, RPC).")
+    decode_kv_load_steps: int = Field(1, ge=0, le=8, description="Engine steps a decode engine takes to load a received "
+                                      "request's KV before scheduling it (vLLM's asynchronous KV load: one step).")
     power_cap_fraction: float = Field(1.0, gt=0, le=1, description="GPU power cap as a share of board power.")
     pue: float = Field(1.2, ge=1, le=3, description="Facility power usage effectiveness.")
     usd_per_kwh: float = Field(0.08, ge=0, description="Electricity price.")
@@ -47,13 +52,18 @@ class SimConfig(ConfigModel):
     tpot_slo_ms: float = Field(100.0, gt=0, description="... and its time per output token at most this.")
     slo_percentile: float = Field(90.0, gt=0, le=100, description="Percentile at which the search checks the SLOs.")
     router: RouterConfig = Field(default_factory=RouterConfig, description="The live router's settings.")
-    autoscale: bool = Field(False, description="Run the live planner every planner_interval_s through the virtual actuator.")
-    planner_interval_s: float = Field(30.0, gt=0, description="Planner tick period.")
+    autoscale: bool = Field(False, description="Run the live planner every planner.interval_s through the virtual actuator.")
+    planner: PlannerConfig = Field(default_factory=PlannerConfig, description="The live planner's settings (its SLO and "
+                                   "per-worker power come from this config's SLOs and power model).")
     worker_start_s: float = Field(60.0, ge=0, description="Time a new engine takes to become ready.")
     max_gpus: int | None = Field(None, ge=1, description="GPU budget the planner may not exceed.")
+    budgets: Literal["auto", "on", "off"] = Field("auto", description="Admission and per-token charging through "
+                                                  "orchestrator.budget; auto: on when a request carries a budget or "
+                                                  "`budget` differs from the defaults.")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Tenants' budget defaults, maximums, quotas and prices.")
 
     @model_validator(mode="after")
-    def _check(self) -> "SimConfig":
+    def _check(self) -> SimConfig:
         if self.mode == "colocated" and self.num_prefill:
             raise ValueError("a colocated cluster has no prefill pool: set num_prefill=0")
         if self.mode == "disaggregated" and self.num_prefill < 1:
@@ -62,6 +72,10 @@ class SimConfig(ConfigModel):
             raise ValueError("timing=profile needs a profile file")
         if self.timing == "coefficients" and self.coefficients is None:
             raise ValueError("timing=coefficients needs six coefficients")
+        if self.autoscale and self.mode == "colocated":
+            raise ValueError("autoscaling sizes a prefill and a decode pool: it needs mode=disaggregated")
+        if self.autoscale and not 50 < self.slo_percentile < 100:
+            raise ValueError(f"the planner sizes pools at a percentile in (50, 100), got slo_percentile={self.slo_percentile:g}")
         return self
 
     @property

@@ -1,10 +1,16 @@
 """One simulated engine (a worker's vLLM): chunked-prefill scheduling and continuous-batching decode.
 
-Life of a step: 1. admit waiting decode requests while batch slots and KV last; 2. if prompt work is
-queued, run one chunked step (prompt chunks up to the token budget plus one token of each running
-request); 3. otherwise run decode steps until the first running request finishes, as one event (the
-batch is unchanged in between, so the step-time model sums the steps in closed form); a request that
-arrives meanwhile cuts that span short at the next step boundary, where it joins.
+Life of a step: 1. requests whose KV arrived advance their KV load (vLLM loads a received request's
+KV asynchronously: it is scheduled `kv_load_steps` steps after the step boundary that first saw it;
+an idle engine's empty steps take no time); 2. admit waiting decode requests while batch slots and KV
+last; 3. if prompt work is queued, run one chunked step (prompt chunks up to the token budget plus one
+token of each running request); 4. otherwise run decode steps until the first running request
+finishes, as one event (the batch is unchanged in between, so the step-time model sums the steps in
+closed form); a request that arrives meanwhile cuts that span short at the next step boundary.
+
+A request stopped by its budget while the engine holds it (`cancel`) leaves at the next step boundary
+(from a running batch) or at once (from a queue), giving back its KV; one inside a running prefill
+step leaves when that step ends.
 
 The engine knows only its own queues; the cluster (`simulations.cluster`) routes to it, moves KV out of
 prefill engines, and hears about first tokens and finishes through the two callbacks.
@@ -20,18 +26,22 @@ from simulations.request import SimRequest
 from simulations.timing import BaseTiming
 
 Callback = Callable[[float, "Engine", SimRequest], "Iterable[Event] | None"]
+IdleCallback = Callable[[float, "Engine"], None]
 
 
 class Engine:
     """Queues, batch and KV of one engine. `tier`: "prefill", "decode" or "colocated"."""
 
     def __init__(self, worker_id: str, tier: str, timing: BaseTiming, num_gpus: int, max_num_seqs: int,
-                 max_batched_tokens: int, on_prefilled: Callback, on_finished: Callback, started_s: float = 0.0) -> None:
+                 max_batched_tokens: int, on_prefilled: Callback, on_finished: Callback, started_s: float = 0.0,
+                 kv_load_steps: int = 0, on_idle: IdleCallback | None = None) -> None:
         self.worker_id, self.tier, self.timing, self.num_gpus = worker_id, tier, timing, num_gpus
         self.max_num_seqs, self.max_batched_tokens = max_num_seqs, max_batched_tokens
         self.kv_capacity = timing.kv_capacity_tokens()
-        self._on_prefilled, self._on_finished = on_prefilled, on_finished
+        self.kv_load_steps = kv_load_steps
+        self._on_prefilled, self._on_finished, self._on_idle = on_prefilled, on_finished, on_idle
         self.prefill_queue: deque[SimRequest] = deque()
+        self.loading: list[list] = []  # [request, step boundaries left] of received requests loading their KV
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.sum_context = 0
@@ -43,6 +53,9 @@ class Engine:
         self.started_s, self.stopped_s = started_s, -1.0
         self.prefill_busy_s = self.decode_busy_s = 0.0
         self._busy = False
+        self._has_cancelled = False
+        self.boundary_s = started_s  # the last step boundary
+        self.busy_until_s = 0.0  # when the step (or span) now running ends
         self._gen = 0
         self._span: tuple[float, int, int, int] | None = None  # (start, batch, sum_context, steps) of a decode span
         self._chunks: list[tuple[SimRequest, int]] = []
@@ -50,11 +63,11 @@ class Engine:
     # Load as the router sees it ----------------------------------------------------------------
     @property
     def idle(self) -> bool:
-        return not (self._busy or self.prefill_queue or self.waiting or self.running or self.num_incoming)
+        return not (self._busy or self.prefill_queue or self.loading or self.waiting or self.running or self.num_incoming)
 
     @property
     def num_waiting(self) -> int:
-        return len(self.waiting) + len(self.prefill_queue) + self.num_incoming
+        return len(self.loading) + len(self.waiting) + len(self.prefill_queue) + self.num_incoming
 
     # Work arriving -----------------------------------------------------------------------------
     def enqueue_prefill(self, now: float, request: SimRequest) -> list[Event]:
@@ -64,9 +77,62 @@ class Engine:
         return self._wake(now)
 
     def enqueue_decode(self, now: float, request: SimRequest) -> list[Event]:
-        """`request`'s KV is here: it joins the batch at the next step boundary with room."""
-        self.waiting.append(request)
+        """`request`'s KV is here: it joins the batch once its KV is loaded, at a step boundary with room."""
+        if self.kv_load_steps:
+            self.loading.append([request, self.kv_load_steps])
+        else:
+            self.waiting.append(request)
         return self._wake(now)
+
+    def cancel(self, now: float, request: SimRequest) -> list[Event]:
+        """Stop working on `request` (its budget ended it): it leaves a queue at once, a running batch at
+        the next step boundary, a running prefill step when the step ends."""
+        request.cancelled = True
+        self._has_cancelled = True
+        if request in self.running:
+            return self._cut_span(now) if self._busy else []
+        self._purge_cancelled()
+        return [] if self._busy else self._start(now)
+
+    def generated(self, request: SimRequest, now: float) -> tuple[int, float]:
+        """Tokens `request` (prefilled here or decoding here) has generated by `now`, and when the last
+        of them came out (a running decode span is counted step by step)."""
+        done = request.output_tokens - request.remaining
+        last_s = max(self.boundary_s, request.first_token_s)
+        if request not in self.running:
+            return done, (request.first_token_s if done <= 1 else last_s)
+        if self._span is None:
+            return done, last_s
+        start, batch, sum_context, steps = self._span
+        more = self.timing.decode_steps_within(batch, sum_context, (now - start) * 1e3, steps)
+        if not more:
+            return done, last_s
+        return done + more, start + self.timing.decode_span_ms(batch, sum_context, more) / 1e3
+
+    def _purge_cancelled(self) -> None:
+        if not self._has_cancelled:
+            return
+        self._has_cancelled = any(r.cancelled for r, _ in self._chunks)  # those leave when their step ends
+        computing = {id(r) for r, _ in self._chunks}
+        for request in [r for r in self.prefill_queue if r.cancelled and id(r) not in computing]:
+            self.prefill_queue.remove(request)
+            self.pending_prefill_tokens -= request.prefill_left
+            self.kv_used -= request.kv_reserved
+            request.kv_reserved = 0
+        self.loading = [entry for entry in self.loading if not entry[0].cancelled]
+        if any(r.cancelled for r in self.waiting):
+            self.waiting = deque(r for r in self.waiting if not r.cancelled)
+
+    def _advance_loading(self) -> None:
+        """One step boundary: received requests whose KV is loaded move to the waiting queue."""
+        still = []
+        for entry in self.loading:
+            if entry[1] <= 0:
+                self.waiting.append(entry[0])
+            else:
+                entry[1] -= 1
+                still.append(entry)
+        self.loading = still
 
     def release_kv(self, now: float, tokens: int) -> list[Event]:
         """The cluster moved a prefilled request's KV out of this (prefill) engine: queued prompts may fit now."""
@@ -93,10 +159,15 @@ class Engine:
         self._gen += 1
         self._span = (start, batch, sum_context, done + 1)
         end = start + self.timing.decode_span_ms(batch, sum_context, done + 1) / 1e3
+        self.busy_until_s = end
         return [(end, self._span_done, self._gen)]
 
     # Scheduling --------------------------------------------------------------------------------
     def _start(self, now: float) -> list[Event]:
+        """A step boundary (or new work at an idle engine): form and run the next step."""
+        self.boundary_s = now
+        self._purge_cancelled()
+        self._advance_loading()
         events = self._admit(now)
         if self.prefill_queue:
             chunks = self._form_chunks()
@@ -104,7 +175,11 @@ class Engine:
                 return events + self._run_chunked(now, chunks)
         if self.running:
             return events + self._run_span(now)
+        if self.loading:  # nothing to compute: an empty step advances the KV loads and takes no time
+            return events + self._start(now)
         self._busy = False
+        if self._on_idle is not None:
+            self._on_idle(now, self)
         return events
 
     def _admit(self, now: float) -> list[Event]:
@@ -150,14 +225,18 @@ class Engine:
                                       len(self.running), self.sum_context) / 1e3
         self.prefill_busy_s += step_s
         self._gen += 1
+        self.busy_until_s = now + step_s
         return [(now + step_s, self._chunked_done, self._gen)]
 
     def _run_span(self, now: float) -> list[Event]:
         self._busy = True
         batch, steps = len(self.running), min(r.remaining for r in self.running)
+        if self.loading:  # a request loading its KV joins at a boundary soon: run one step at a time
+            steps = 1
         self._span = (now, batch, self.sum_context, steps)
         self._gen += 1
         end = now + self.timing.decode_span_ms(batch, self.sum_context, steps) / 1e3
+        self.busy_until_s = end
         return [(end, self._span_done, self._gen)]
 
     # Step completions --------------------------------------------------------------------------
@@ -188,7 +267,10 @@ class Engine:
         for request in self.running:
             request.remaining -= steps
             request.context += steps
-            if request.remaining <= 0:
+            if request.cancelled:
+                self.kv_used -= request.kv_reserved
+                request.kv_reserved = 0
+            elif request.remaining <= 0:
                 self.kv_used -= request.kv_reserved
                 events += self._on_finished(now, self, request) or ()
             else:
@@ -199,6 +281,10 @@ class Engine:
 
     def _prefilled(self, now: float, request: SimRequest) -> list[Event]:
         """The prompt is computed and its first token out: hand over (prefill tier) or start decoding."""
+        if request.cancelled:  # its budget ended it during the step: nothing to hand over
+            self.kv_used -= request.kv_reserved
+            request.kv_reserved = 0
+            return []
         request.first_token_s = now
         request.context = request.prompt_tokens + 1
         request.remaining = request.output_tokens - 1

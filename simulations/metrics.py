@@ -8,10 +8,13 @@ Definitions (also in docs/simulator.md):
   the InferenceMAX definition; input, output and total separately.
 - j_per_token: facility joules (per-phase GPU draw + host, times PUE) per total token.
 - usd_per_million_tokens: (GPU-hours x price + facility kWh x price) per million total tokens.
+- served: finished with at least one token, not refused; refusals are counted by who refused
+  (`capacity`: no engine can hold it; `budget`, `quota`: `orchestrator.budget` admission).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -44,11 +47,12 @@ def engine_energy_j(engine: Engine, power: PowerModel, end_s: float) -> tuple[fl
 def summarize(result: SimResult, power: PowerModel) -> dict[str, Any]:
     """The summary.json fields of one run."""
     config = result.config
-    served = [r for r in result.requests if r.finished and r.finish_reason != "error"]
+    served = [r for r in result.requests if r.served]
     duration = max(result.duration_s - min((r.arrival_s for r in result.requests), default=0.0), 1e-9)
     ttft_ms = [r.ttft_s * 1e3 for r in served]
     tpot_ms = [r.tpot_s * 1e3 for r in served if r.output_tokens > 1]
-    good = sum(1 for r in served if r.ttft_s * 1e3 <= config.ttft_slo_ms and r.tpot_s * 1e3 <= config.tpot_slo_ms)
+    good = sum(1 for r in served if r.ttft_s * 1e3 <= config.ttft_slo_ms and r.tpot_s * 1e3 <= config.tpot_slo_ms
+               and r.finish_reason != "deadline")  # stopped by its deadline: the cluster was too slow
     input_tokens = sum(r.prompt_tokens for r in served)
     output_tokens = sum(r.output_tokens for r in served)
     gpu_j = gpu_s = 0.0
@@ -69,7 +73,9 @@ def summarize(result: SimResult, power: PowerModel) -> dict[str, Any]:
         "label": config.label(),
         "num_requests": len(result.requests),
         "num_served": len(served),
-        "num_refused": sum(1 for r in result.requests if r.finish_reason == "error"),
+        "num_refused": sum(1 for r in result.requests if r.refusal),
+        "refused_by": dict(Counter(r.refusal for r in result.requests if r.refusal)),
+        "finish_reasons": dict(Counter(r.finish_reason for r in result.requests if r.finished and not r.refusal)),
         "num_unfinished": sum(1 for r in result.requests if not r.finished),
         "duration_s": duration,
         "input_tokens": input_tokens,
@@ -107,6 +113,31 @@ def summarize(result: SimResult, power: PowerModel) -> dict[str, Any]:
     summary.update(_percentiles([(r.finish_s - r.arrival_s) * 1e3 for r in served], "e2e_ms"))
     summary["ttft_ms_at_slo_percentile"] = float(np.percentile(ttft_ms, config.slo_percentile)) if ttft_ms else float("nan")
     summary["tpot_ms_at_slo_percentile"] = float(np.percentile(tpot_ms, config.slo_percentile)) if tpot_ms else 0.0
-    summary["meets_slo"] = bool(served) and len(served) == len(result.requests) and (
+    # Every request must be served, except those its own budget or its tenant's quota refuses (the
+    # contract, not the cluster); a deadline that passes in the cluster is the cluster's miss.
+    contract = sum(1 for r in result.requests if r.refusal in ("budget", "quota"))
+    summary["meets_slo"] = bool(served) and len(served) + contract == len(result.requests) and (
+        "deadline" not in summary["finish_reasons"]) and (
         summary["ttft_ms_at_slo_percentile"] <= config.ttft_slo_ms and summary["tpot_ms_at_slo_percentile"] <= config.tpot_slo_ms)
+    summary["budgets_enforced"] = result.budgets is not None
+    if result.budgets is not None:
+        summary.update(budget_summary(result))
+    timeline = result.timeline or [(0.0, config.num_prefill, config.num_decode)]
+    summary["replicas_max"] = {"prefill": max(p for _, p, _ in timeline), "decode": max(d for _, _, d in timeline)}
     return summary
+
+
+def budget_summary(result: SimResult) -> dict[str, Any]:
+    """What `orchestrator.budget` did in the run: refusals, thinking caps, what the meters charged."""
+    metered = [r for r in result.requests if r.meter is not None]
+    budgets = result.budgets
+    return {
+        "num_budget_refused": budgets.refusals.get("budget", 0),  # type: ignore[union-attr]
+        "num_quota_refused": budgets.refusals.get("quota", 0),  # type: ignore[union-attr]
+        "refusal_examples": dict(budgets.refusal_examples),  # type: ignore[union-attr]
+        "num_thinking_capped": sum(1 for r in metered if r.thinking_capped),
+        "thinking_tokens": sum(r.meter.num_thinking_tokens for r in metered),  # type: ignore[attr-defined]
+        "thinking_tokens_uncapped": sum(r.thinking_tokens for r in metered),
+        "budget_cost_usd": sum(r.cost_usd for r in metered),
+        "budget_energy_j": sum(r.energy_j for r in metered),
+    }

@@ -1,4 +1,4 @@
-"""Run one simulation: fresh requests, the cluster, the live planner when asked, the summary.
+"""Run one simulation: fresh requests, the cluster, the live planner when asked (`simulations.autoscale`), the summary.
 
 The entry point the CLI, the capacity search and the benchmark share. `simulate(config, workload)`
 never mutates `workload` (each run works on its own copies of the requests).
@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from orchestrator.errors import ConfigError
+from simulations.autoscale import SimPlanner, planner_summary
 from simulations.cluster import Cluster, SimResult
 from simulations.config import SimConfig
 from simulations.metrics import summarize
@@ -27,12 +27,13 @@ def simulate(config: SimConfig, workload: Sequence[SimRequest],
              on_progress: Callable[[float], None] | None = None) -> tuple[dict[str, Any], SimResult]:
     """Simulate `workload` on the cluster `config` describes; returns (summary fields, raw result)."""
     cluster = Cluster(config, fresh(workload))
-    if config.autoscale:
-        raise ConfigError("autoscaling needs the live planner (orchestrator.planner.decide) and the virtual actuator "
-                          "(orchestrator.actuators.VirtualActuator), which are not in this tree yet")
+    planner = SimPlanner(cluster) if config.autoscale else None
     result = cluster.run(on_progress=on_progress)
     summary = summarize(result, cluster.power)
     summary["timeline"] = result.timeline
+    if planner is not None:
+        result.planner_decisions = list(planner.decisions)
+        summary["planner"] = planner_summary(planner.decisions, planner.config.interval_s)
     return summary, result
 
 

@@ -3,8 +3,10 @@
 Synthetic shapes (prompt/output token means): chat 1k/1k, reasoning 1k/8k, summarisation 8k/1k,
 each drawn log-normally around its means with a coefficient of variation `spread`, arriving as a
 Poisson process at `rate_rps`. A test-time-compute budget mix gives a share of requests a long thinking
-phase; the budget contract caps it at `max_thinking_tokens` (at the cap the end-of-thinking delimiter is
-forced and the answer follows), so such a request produces min(thinking, cap) + answer tokens.
+phase (its natural length, `SimRequest.thinking_tokens`) and a budget (`max_thinking_tokens`, starting
+in thinking). The workload does not cap anything: the simulator enforces the budget through
+`orchestrator.budget` (`simulations.budgets`), where the engine-side controller forces the end of
+thinking at the cap and the answer follows.
 """
 
 from __future__ import annotations
@@ -117,11 +119,9 @@ def _with_budget(request: SimRequest, budget: BudgetMix, rng: np.random.Generato
     if budget.thinking_share <= 0 or rng.random() >= budget.thinking_share:
         return request
     thinking = _lognormal(rng, budget.thinking_mean_tokens, 0.5)
-    if budget.max_thinking_tokens is not None:
-        thinking = min(thinking, budget.max_thinking_tokens)
     request.thinking_tokens = thinking
     request.output_tokens += thinking
-    request.budget = Budget(max_thinking_tokens=budget.max_thinking_tokens)
+    request.budget = Budget(max_thinking_tokens=budget.max_thinking_tokens, start_thinking=True)
     return request
 
 

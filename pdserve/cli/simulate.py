@@ -3,14 +3,15 @@
 Examples:
   pdserve simulate --model llama-3.1-70b --prefill 4 --decode 6 --prefill-tp 2 --decode-tp 4 --trace azure_conv --out out/sim
   pdserve simulate --colocated --decode 8 --workload chat=0.7,reasoning=0.3 --rate 20
-  pdserve simulate --profile profile.json --trace bench_trace.csv --prefill 1 --decode 1   # a small CPU cluster
+  pdserve simulate --profile orchestrator/data/profiles/smollm2-135m-cpu.yaml --workload chat --rate 0.5 \
+      --prefill 1 --decode 1 --autoscale --ttft-slo-ms 2000 --tpot-slo-ms 150   # the CPU cluster, planner on
+  pdserve simulate --workload reasoning --rate 4 --thinking-share 0.5 --thinking-cap 1024 --budget-config budget.yaml
   pdserve simulate --validate
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,7 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pools.add_argument("--decode-tp", type=int, default=1)
     pools.add_argument("--colocated", action="store_true", help="one colocated pool (the non-disaggregated baseline)")
     pools.add_argument("--autoscale", action="store_true", help="let the live planner resize the pools")
-    pools.add_argument("--max-gpus", type=int, help="GPU budget for the planner")
+    pools.add_argument("--max-gpus", type=int, help="GPU budget for the planner (a power budget of that many GPUs)")
+    pools.add_argument("--planner-config", metavar="FILE", help="YAML of the `planner` section (limits, cooldowns, "
+                                                                "forecaster), or a pdserve config file")
+    pools.add_argument("--planner-interval-s", type=float, help="planner tick period (default: the planner config's)")
+    pools.add_argument("--max-replicas", type=int, help="most workers per tier the planner asks for")
+    pools.add_argument("--worker-start-s", type=float, default=60.0, help="time a new engine takes to be ready")
     timing = parser.add_argument_group("step times (default: roofline)")
     timing.add_argument("--profile", help="measured profile file from `pdserve profile`")
     timing.add_argument("--coefficients", help="six numbers: prefill a,b,c and decode a,b,c (ms)")
@@ -57,9 +63,12 @@ def _timing_changes(args: argparse.Namespace) -> dict:
     if args.profile and args.coefficients:
         raise ConfigError("give --profile or --coefficients, not both")
     if args.profile:
-        if not Path(args.profile).exists():
-            raise ConfigError(f"profile file not found: {args.profile}")
-        return {"timing": "profile", "profile": args.profile, "kv_tokens": args.kv_tokens}
+        from simulations.models import ALIASES, CATALOGUE
+        from simulations.profile import load_profile
+        profile = load_profile(args.profile, args.kv_tokens)
+        model = ALIASES.get(profile.model, profile.model)
+        return {"timing": "profile", "profile": args.profile, "kv_tokens": args.kv_tokens,
+                "default_model": model if model in CATALOGUE else None}
     if args.coefficients:
         try:
             values = tuple(float(v) for v in args.coefficients.replace(",", " ").split())
@@ -71,6 +80,20 @@ def _timing_changes(args: argparse.Namespace) -> dict:
     return {}
 
 
+def _planner_changes(args: argparse.Namespace) -> dict:
+    from orchestrator.config import PlannerConfig
+    from simulations.cli import load_section
+    planner = load_section(args.planner_config, "planner", PlannerConfig) if args.planner_config else PlannerConfig()
+    values = planner.model_dump()
+    if args.planner_interval_s is not None:
+        values["interval_s"] = args.planner_interval_s
+    if args.max_replicas is not None:
+        for tier in ("prefill", "decode"):
+            values[tier]["max_replicas"] = args.max_replicas
+            values[tier]["min_replicas"] = min(values[tier]["min_replicas"], args.max_replicas)
+    return {"planner": values, "worker_start_s": args.worker_start_s}
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from simulations.cli import Progress, base_config, build_workload
     from simulations.report import write_simulation
@@ -79,7 +102,7 @@ def _simulate(args: argparse.Namespace) -> int:
     changes = dict(mode="colocated" if args.colocated else "disaggregated",
                    num_prefill=0 if args.colocated else args.prefill, num_decode=args.decode,
                    prefill_tp=args.prefill_tp, decode_tp=args.decode_tp, autoscale=args.autoscale, max_gpus=args.max_gpus,
-                   **_timing_changes(args))
+                   **_timing_changes(args), **_planner_changes(args))
     config = base_config(args, **changes)
     workload, name = build_workload(args)
     progress = Progress(workload[-1].arrival_s, "sim-s", not args.no_progress and len(workload) > 2000)
@@ -102,6 +125,16 @@ def _print_summary(summary: dict, name: str) -> None:
           f"output {summary['output_tokens_per_s_per_mw']:,.0f})")
     print(f"  $/Mtok {summary['usd_per_million_tokens']:.3f}  J/token {summary['j_per_token']:.3f}  "
           f"goodput {summary['goodput_rps']:.2f} req/s ({summary['slo_attainment']:.1%} within SLO)")
+    if summary["num_refused"]:
+        print(f"  refused: {', '.join(f'{n} by {who}' for who, n in summary['refused_by'].items())}")
+    if summary.get("budgets_enforced"):
+        print(f"  budgets: finish reasons {summary['finish_reasons']}; {summary['num_thinking_capped']} thinking spans "
+              f"capped ({summary['thinking_tokens']:,} thinking tokens of {summary['thinking_tokens_uncapped']:,} "
+              f"uncapped); charged ${summary['budget_cost_usd']:.4f}, {summary['budget_energy_j']:,.0f} J")
+    if "planner" in summary:
+        planner = summary["planner"]
+        print(f"  planner: {planner['num_decisions']} decisions every {planner['interval_s']:g} s, up to "
+              f"{planner['max_prefill']} prefill + {planner['max_decode']} decode; actions {planner['actions']}")
 
 
 def _validate(args: argparse.Namespace) -> int:

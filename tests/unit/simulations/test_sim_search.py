@@ -2,7 +2,14 @@
 
 import pytest
 
-from simulations.search import SearchSpace, best, candidates, pareto_front, plan, size_for_load
+from simulations.search import (
+    SearchSpace,
+    best,
+    candidates,
+    pareto_front,
+    plan,
+    size_for_load,
+)
 from simulations.workloads import synthetic
 
 

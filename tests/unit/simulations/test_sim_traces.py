@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from simulations.traces import TraceError, read_azure_csv, read_mooncake_jsonl, read_trace, scale_rate, window
+from simulations.traces import (
+    TraceError,
+    read_azure_csv,
+    read_mooncake_jsonl,
+    read_trace,
+    scale_rate,
+    window,
+)
 
 DATA = Path(__file__).resolve().parents[3] / "simulations" / "data" / "traces"
 

@@ -2,7 +2,13 @@
 
 import pytest
 
-from simulations.validate import BOUNDS, load_splitwise, out_of_bounds, validate_power_cap, validate_splitwise
+from simulations.validate import (
+    BOUNDS,
+    load_splitwise,
+    out_of_bounds,
+    validate_power_cap,
+    validate_splitwise,
+)
 
 
 @pytest.fixture(scope="module")
