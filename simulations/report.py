@@ -47,16 +47,31 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+BUDGET_FIELDS = ("num_budget_refused", "num_quota_refused", "num_thinking_capped", "thinking_tokens",
+                 "thinking_tokens_uncapped", "budget_cost_usd", "budget_energy_j")
+
+
 def simulate_report(summary: dict[str, Any], workload_name: str) -> str:
     """Markdown report of one simulation."""
     rows = [(key, summary.get(key)) for key in SUMMARY_FIELDS]
-    return "\n\n".join([
+    parts = [
         f"# Simulation: {summary['label']}",
         f"Workload: {workload_name}; {summary['num_requests']} requests over {summary['duration_s']:.0f} s. "
         f"Model {summary['configuration']['model']}, step times from {summary['configuration']['timing']}.",
         f"SLO: TTFT <= {summary['ttft_slo_ms']:g} ms and TPOT <= {summary['tpot_slo_ms']:g} ms; "
         f"attained by {summary['slo_attainment']:.1%} of requests.",
-        _table(rows, ("metric", "value")), "Plots: `replicas.png` (engines over time).\n"])
+        _table(rows, ("metric", "value"))]
+    if summary.get("budgets_enforced"):
+        parts += ["## Budgets (orchestrator.budget)", f"Finish reasons: {summary.get('finish_reasons')}; "
+                  f"refused by: {summary.get('refused_by') or 'none'}.",
+                  _table([(key, summary.get(key)) for key in BUDGET_FIELDS], ("metric", "value"))]
+    if "planner" in summary:
+        planner = summary["planner"]
+        parts += ["## Planner (orchestrator.planner.decide, every "
+                  f"{planner['interval_s']:g} s)", f"{planner['num_decisions']} decisions; up to "
+                  f"{planner['max_prefill']} prefill and {planner['max_decode']} decode engines; actions per tier: "
+                  f"{planner['actions']}."]
+    return "\n\n".join(parts + ["Plots: `replicas.png` (engines over time).\n"])
 
 
 def plan_report(result: Any, workload_name: str) -> str:

@@ -101,3 +101,4 @@ def test_cli_autoscales_from_a_profile(tmp_path):
     assert summary["planner"]["num_decisions"] >= 12
     assert summary["configuration"]["planner"]["decode"]["max_replicas"] == 3
     assert summary["replicas_max"]["decode"] <= 3 and summary["replicas_over_time"]
+    assert "## Planner" in (out / "report.md").read_text()

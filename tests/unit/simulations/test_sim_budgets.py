@@ -107,3 +107,23 @@ def test_deadlines_stop_requests_wherever_they_are(small_config):
 def test_a_deadline_shorter_than_the_prefill_is_refused_at_admission(small_config):
     _, result = simulate(small_config(budget=budget_config(deadline_ms=0.01)), [SimRequest(0, 0.0, 8000, 10)])
     assert result.requests[0].refusal == "budget" and "deadline_ms" in result.requests[0].error
+
+
+def test_cli_budget_config_and_report(tmp_path, capsys):
+    from pdserve.cli import main
+    config = tmp_path / "pdserve.yaml"
+    config.write_text("budget:\n  tenant_defaults:\n    defaults: {max_output_tokens: 200}\n")
+    out = tmp_path / "sim"
+    code = main(["simulate", "--workload", "chat", "--rate", "2", "--duration", "10", "--budget-config", str(config),
+                 "--no-progress", "--out", str(out)])
+    assert code == 0
+    import json
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["budgets_enforced"] and set(summary["finish_reasons"]) <= {"length"}
+    assert summary["output_tokens"] <= 200 * summary["num_served"]
+    assert "## Budgets" in (out / "report.md").read_text()
+    assert "budgets: finish reasons" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tenant_defaults: {defaults: {max_output_tokens: -1}}\n")
+    assert main(["simulate", "--budget-config", str(bad), "--no-progress"]) == 2
+    assert "invalid budget config" in capsys.readouterr().err
