@@ -24,7 +24,9 @@ import asyncio
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -38,7 +40,8 @@ from workers.engine.base import BaseEngine, EngineInfo, EngineOutput, EngineRequ
 log = logging.getLogger(__name__)
 
 ACK_POLL_S = 0.02
-ACK_GRACE_S = 5.0  # beyond the KV timeout, how long a handoff is awaited before it is given up
+ACK_GRACE_S = 5.0
+MAX_REMEMBERED_ABORTS = 4096  # beyond the KV timeout, how long a handoff is awaited before it is given up
 
 
 class WorkerDraining(Exception):
@@ -144,6 +147,7 @@ class Worker:
         self._channels: dict[str, Any] = {}
         self._tasks: set[asyncio.Task] = set()
         self._faults: list[str] = []
+        self._aborted: OrderedDict[str, None] = OrderedDict()  # aborts that may have come before their request
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -191,7 +195,7 @@ class Worker:
         try:
             with tracing.remote_span("prefill", request.trace, worker=self.worker_id,
                                      prompt_tokens=len(request.prompt_ids)) as span:
-                async for output in self.engine.generate(request):
+                async for output in self._unless_aborted(request):
                     if output.token_ids and first is None:
                         first = output.token_ids[0]
                     cached = max(cached, output.num_cached_tokens)
@@ -199,6 +203,7 @@ class Worker:
                         reason = output.finish_reason
                 span.set_attribute("cached_tokens", cached)
         finally:
+            self._aborted.pop(request.request_id, None)
             if request.kv_push is not None and first is not None:
                 self._handoffs.add(request.request_id)
                 self._spawn(self._await_handoff(request))
@@ -210,15 +215,37 @@ class Worker:
         self._admit(request.request_id)
         spans = _DecodeSpans(request, self.worker_id)
         try:
-            async for output in self.engine.generate(request):
-                spans.observe(output)
-                yield [output]
+            if request.request_id in self._aborted:
+                yield [EngineOutput([], True, "abort")]
+                return
+            async with aclosing(self.engine.generate(request)) as outputs:
+                async for output in outputs:
+                    if request.request_id in self._aborted:
+                        break  # closing the engine's stream aborts the request there (it is registered now)
+                    spans.observe(output)
+                    yield [output]
         finally:
             spans.end()
+            self._aborted.pop(request.request_id, None)
             self._release(request.request_id)
 
     async def abort(self, request_id: str) -> None:
+        """Stop a request wherever it is. An abort may overtake its own request (both are calls to this
+        actor and may start in either order): it is remembered, and the request stops at its start or
+        at its next output."""
+        self._aborted[request_id] = None
+        while len(self._aborted) > MAX_REMEMBERED_ABORTS:
+            self._aborted.popitem(last=False)
         await self.engine.abort(request_id)
+
+    async def _unless_aborted(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        if request.request_id in self._aborted:
+            return
+        async with aclosing(self.engine.generate(request)) as outputs:
+            async for output in outputs:
+                if request.request_id in self._aborted:
+                    return
+                yield output
 
     def stats(self) -> WorkerStats:
         counters = getattr(self.engine, "kv_counters", lambda: {})()

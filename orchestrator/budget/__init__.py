@@ -16,7 +16,7 @@ May import `orchestrator.config`, `orchestrator.request`, `orchestrator.errors`,
 
 from orchestrator.budget.admission import Admission, AdmissionRequest, admit, compute_prefill_charge, resolve_budget
 from orchestrator.budget.meter import PHASES, BudgetMeter, Verdict, charge
-from orchestrator.budget.quotas import QueueEntry, TenantQuotas, TokenBucket, order, order_with_config
+from orchestrator.budget.quotas import FairOrder, QueueEntry, TenantQuotas, TokenBucket, order, order_with_config
 from orchestrator.budget.thinking import Ban, Force, ThinkingController, ThinkingTracker, starts_in_thinking
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "AdmissionRequest",
     "Ban",
     "BudgetMeter",
+    "FairOrder",
     "Force",
     "QueueEntry",
     "TenantQuotas",

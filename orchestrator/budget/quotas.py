@@ -8,17 +8,20 @@ A bucket holds up to `burst` and refills at `rate_per_s`. A request larger than 
 through when the bucket is full (it then owes the rest), so a big request is slowed, never refused
 forever. Over quota raises `QuotaExceeded` with `retry_after_s`: when the bucket will hold enough.
 
-Fair order (`order(queue)`): when workers are saturated the gateway dispatches in this order: higher
-priority first; within a priority, deficit round robin over tenants in tokens (each tenant gets a
-quantum proportional to its weight per round), so a tenant that queued a thousand requests does not
-go ahead of one that queued one. Pure: no I/O, the clock is passed in.
+Fair order: when workers are saturated the gateway dispatches higher priority first; within a
+priority, deficit round robin over tenants in tokens (each tenant gets a quantum proportional to its
+weight per round), so a tenant that queued a thousand requests does not go ahead of one that queued
+one. `FairOrder.next(pending)` is the dispatcher's form: it keeps the round robin's position and
+deficits from one pick to the next (a slot frees one request at a time, and a fresh round each time
+would always start with the same tenant). `order(queue)` is the one-shot form (a whole queue's order).
+Pure: no I/O, the clock is passed in.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from orchestrator.config.budget import BudgetConfig
@@ -179,6 +182,53 @@ def _deficit_round_robin(entries: Sequence[QueueEntry], weights: dict[str, float
             if not lane:
                 del lanes[tenant]
     return result
+
+
+class FairOrder:
+    """Stateful deficit round robin over tenants, within the highest priority pending (see the module
+    docstring). `weight(tenant)` scales a tenant's quantum. Not thread-safe; pure otherwise."""
+
+    def __init__(self, weight: Callable[[str], float] = lambda tenant: 1.0) -> None:
+        self._weight = weight
+        self._rotation: deque[str] = deque()
+        self._deficit: dict[str, float] = {}
+        self._credited = False  # the tenant at the head of the rotation got its quantum this visit
+
+    def next(self, pending: Sequence[QueueEntry]) -> QueueEntry:
+        """The entry to dispatch now (`pending` in arrival order, not empty)."""
+        if not pending:
+            raise ValueError("FairOrder.next needs at least one pending entry")
+        self._forget_idle({entry.tenant for entry in pending})
+        top = max(entry.priority for entry in pending)
+        lanes: dict[str, list[QueueEntry]] = {}
+        for entry in pending:
+            if entry.priority == top:
+                lanes.setdefault(entry.tenant, []).append(entry)
+        for tenant in lanes:
+            if tenant not in self._deficit:
+                self._rotation.append(tenant)
+                self._deficit[tenant] = 0.0
+        quantum = max(max(entry.num_tokens for lane in lanes.values() for entry in lane), 1)
+        while True:
+            tenant = self._rotation[0]
+            if tenant in lanes:
+                if not self._credited:
+                    self._deficit[tenant] += quantum * self._weight(tenant)
+                    self._credited = True
+                head = lanes[tenant][0]
+                if head.num_tokens <= self._deficit[tenant]:
+                    self._deficit[tenant] -= head.num_tokens
+                    return head
+            self._rotation.rotate(-1)
+            self._credited = False
+
+    def _forget_idle(self, waiting: set[str]) -> None:
+        """A tenant with nothing queued leaves the round (and its credit with it)."""
+        for tenant in [t for t in self._rotation if t not in waiting]:
+            if self._rotation[0] == tenant:
+                self._credited = False
+            self._rotation.remove(tenant)
+            del self._deficit[tenant]
 
 
 def order_with_config(queue: Sequence[QueueEntry], config: BudgetConfig) -> list[QueueEntry]:

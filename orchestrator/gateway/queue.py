@@ -1,8 +1,8 @@
 """The gateway's dispatch queue: who runs next when every decode slot is taken.
 
 A request takes one slot for as long as it runs on a decode worker. While slots are free it goes at
-once; when none is, it waits here, and each freed slot goes to the first request of
-`orchestrator.budget.order_with_config` (higher priority first, then deficit round robin over tenants),
+once; when none is, it waits here, and each freed slot goes to the request `orchestrator.budget.FairOrder`
+picks (higher priority first, then deficit round robin over tenants, weighted by the tenants' config),
 so one tenant's burst cannot starve another's trickle. A wait ends early when the caller gives up
 (deadline, cancel: the caller cancels `acquire`). Used from one event loop.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from orchestrator.budget import QueueEntry, order_with_config
+from orchestrator.budget import FairOrder, QueueEntry
 from orchestrator.config import BudgetConfig
 from orchestrator.metrics import queue_depth
 
@@ -21,7 +21,7 @@ class DispatchQueue:
     def __init__(self, capacity: Callable[[], int], config: BudgetConfig) -> None:
         """`capacity()`: slots the routable decode workers offer now (re-read at every decision)."""
         self._capacity = capacity
-        self._config = config
+        self._order = FairOrder(lambda tenant: config.tenant(tenant).weight)
         self.in_use = 0
         self._waiting: dict[str, tuple[QueueEntry, asyncio.Future]] = {}
 
@@ -58,12 +58,10 @@ class DispatchQueue:
         self._grant()
 
     def _grant(self) -> None:
-        pending = [entry for entry, future in self._waiting.values() if not future.done()]
-        if not pending:
-            return
-        for entry in order_with_config(pending, self._config):
-            if self.in_use >= self._capacity():
+        while self.in_use < self._capacity():
+            pending = [entry for entry, future in self._waiting.values() if not future.done()]
+            if not pending:
                 return
-            _, future = self._waiting[entry.request_id]
+            entry = self._order.next(pending)
             self.in_use += 1
-            future.set_result(None)
+            self._waiting[entry.request_id][1].set_result(None)

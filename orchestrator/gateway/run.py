@@ -207,6 +207,7 @@ class RequestRun:
         kv_receive = KVReceive(self.transfer_id, len(self.prompt_ids)) if receive else None
         engine_request = self._engine_request(engine_id, ids, self.limit - len(self.generated), kv_receive=kv_receive)
         metrics.requests_total.labels(tier="decode").inc()
+        self._check_stop()  # cancelled or past the deadline while the last chunk was being sent: go no further
         if not receive:
             self.meter.enter("prefill", self._now())  # the decode worker computes the prompt first
         load = self.gateway.local_load(decode.worker_id)
@@ -335,6 +336,12 @@ class RequestRun:
                 self._active.pop(engine_request.request_id, None)
                 raise _WorkerLost(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__) from exc
             raise
+
+    def _check_stop(self) -> None:
+        if self.running.cancelled.is_set():
+            raise _Stop(FinishReason.CANCELLED)
+        if self.meter.time_left_s(self._now()) <= 0:
+            raise _Stop(FinishReason.DEADLINE)
 
     async def _wait(self, awaitable: Any) -> Any:
         task = asyncio.ensure_future(awaitable)

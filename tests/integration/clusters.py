@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from typing import Any
 
 KV_TIMEOUT_S = 3.0  # a dropped transfer is recomputed after this long
@@ -168,3 +169,34 @@ class TraceCollector:
 
     def stop(self) -> None:
         self.server.stop(0)
+
+
+def wait_all_blocks_free(serving, timeout_s: float = 30.0) -> dict[str, tuple[int, int]]:
+    """(free, total) blocks per tier once every block is free again, or as they are at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = {w["tier"]: (w["stats"].engine.num_free_blocks, w["stats"].engine.num_total_blocks)
+                  for w in serving.workers() if w["state"] == "ready"}
+        if all(free == total > 0 for free, total in counts.values()) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.25)
+
+
+def wait_blocks_in_use(serving, tier: str, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        engine = serving.worker(tier)["stats"].engine
+        if engine.num_free_blocks < engine.num_total_blocks:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def wait_idle(serving, timeout_s: float = 60.0) -> None:
+    """Until no worker runs or queues anything (an aborted step may still be finishing)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stats = [w["stats"] for w in serving.workers() if w["state"] == "ready"]
+        if all(s.num_in_flight == 0 and s.engine.num_running == 0 and s.engine.num_waiting == 0 for s in stats):
+            return
+        time.sleep(0.25)

@@ -137,3 +137,33 @@ def test_order_is_a_permutation_fifo_per_tenant_and_no_tenant_waits_behind_a_flo
             ahead = level[:first]
             for other in tenants - {tenant}:
                 assert sum(e.num_tokens for e in ahead if e.tenant == other) <= 2 * quantum
+
+
+def test_fair_order_alternates_tenants_one_pick_at_a_time():
+    from orchestrator.budget import FairOrder
+
+    fair = FairOrder()
+    pending = [QueueEntry(f"a{i}", "a", num_tokens=10) for i in range(6)] + [QueueEntry(f"b{i}", "b", num_tokens=10)
+                                                                               for i in range(2)]
+    picked = []
+    while pending:
+        entry = fair.next(pending)
+        picked.append(entry.request_id)
+        pending.remove(entry)
+    assert picked[:4] == ["a0", "b0", "a1", "b1"] and picked[4:] == ["a2", "a3", "a4", "a5"]
+
+
+def test_fair_order_weights_and_priority():
+    from orchestrator.budget import FairOrder
+
+    fair = FairOrder(lambda tenant: 2.0 if tenant == "heavy" else 1.0)
+    pending = [QueueEntry(f"h{i}", "heavy", num_tokens=10) for i in range(6)] + \
+              [QueueEntry(f"l{i}", "light", num_tokens=10) for i in range(6)]
+    picked = []
+    for _ in range(6):
+        entry = fair.next(pending)
+        picked.append(entry.tenant)
+        pending.remove(entry)
+    assert picked.count("heavy") == 4 and picked.count("light") == 2  # twice the share
+    urgent = QueueEntry("u", "light", priority=3, num_tokens=10)
+    assert fair.next(pending + [urgent]) is urgent
