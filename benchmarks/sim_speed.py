@@ -1,8 +1,10 @@
 """Simulator speed: simulated requests per wall-clock second on one core.
 
 Runs the one-hour Azure conv trace (19,366 requests) on 32-GPU clusters (disaggregated Llama-3.1-70B and
-colocated Llama-3.1-8B) and a Mooncake slice with prefix reuse, each against a baseline taken in the same
-run: the bare event loop pushing and popping as many no-op events as the simulation processed.
+colocated Llama-3.1-8B), a Mooncake slice with prefix reuse, and the Azure trace again with the live
+planner resizing the pools and with every token charged to an `orchestrator.budget` meter, each against
+a baseline taken in the same run: the bare event loop pushing and popping as many no-op events as the
+simulation processed.
 
     .venv/bin/python benchmarks/sim_speed.py [--repeat 3]
 """
@@ -25,6 +27,11 @@ CASES = (
      dict(model="llama-3.1-8b", mode="colocated", num_prefill=0, num_decode=32)),
     ("mooncake_conversation 3000 req, llama-3.1-70b 8P(tp2)+4D(tp4) = 32 GPUs", "mooncake_conversation", 3000,
      dict(model="llama-3.1-70b", num_prefill=8, num_decode=4, prefill_tp=2, decode_tp=4)),
+    ("azure_conv 1h, llama-3.1-70b from 4P+6D, --autoscale (planner every 10 s)", "azure_conv", None,
+     dict(model="llama-3.1-70b", num_prefill=4, num_decode=6, prefill_tp=2, decode_tp=4, autoscale=True,
+          planner={"interval_s": 10.0, "prefill": {"max_replicas": 16}, "decode": {"max_replicas": 16}})),
+    ("azure_conv 1h, llama-3.1-70b 4P(tp2)+6D(tp4), budgets on (every token metered)", "azure_conv", None,
+     dict(model="llama-3.1-70b", num_prefill=4, num_decode=6, prefill_tp=2, decode_tp=4, budgets="on")),
 )
 
 
