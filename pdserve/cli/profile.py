@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     grid.add_argument("--decode-contexts", metavar="LIST", help="decode context lengths (default: 64,256,1024)")
     grid.add_argument("--decode-steps", type=int, metavar="N", help="steps measured per decode point (default: 9)")
     grid.add_argument("--repeats", type=int, metavar="N", help="measurements per prefill point (default: 3)")
+    grid.add_argument("--passes", type=int, metavar="N", help="measure the whole grid N times, keep each point's fastest "
+                                                             "(a machine shared with other work; default: 1)")
     grid.add_argument("--time-limit", type=float, default=600.0, metavar="S",
                       help="skip the points left after this many seconds of measuring (default: %(default)s)")
     parser.add_argument("--description", metavar="TEXT", help="free text added to the hardware description")
@@ -125,8 +127,8 @@ def _grid(args: argparse.Namespace) -> Any:
                "prefill_batches": _batches(args.prefill_batches),
                "decode_batch_sizes": _ints(args.decode_batches, "--decode-batches"),
                "decode_context_lengths": _ints(args.decode_contexts, "--decode-contexts"),
-               "decode_steps": args.decode_steps, "repeats": args.repeats}
-    for flag, value in (("--decode-steps", args.decode_steps), ("--repeats", args.repeats)):
+               "decode_steps": args.decode_steps, "repeats": args.repeats, "passes": args.passes}
+    for flag, value in (("--decode-steps", args.decode_steps), ("--repeats", args.repeats), ("--passes", args.passes)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1")
     return ProfileGrid(**{k: v for k, v in changes.items() if v is not None})

@@ -71,6 +71,24 @@ async def test_a_batch_the_engine_splits_is_measured_by_its_last_step(clock):
     assert await measure_prefill(SplittingEngine(clock), _Prompts(), 4, 64, clock) == (3, pytest.approx(90.0))
 
 
+async def test_passes_keep_each_points_fastest_measurement(make_engine, make_profile, clock):
+    engine = await make_engine(profile=make_profile(), clock=clock)
+    slowed = []
+
+    def slow_down_the_first_pass(fake):
+        if len(slowed) < 30:  # a busy neighbour: the first steps (warm-up, the first prefill points) take 50 ms longer
+            slowed.append(1)
+            fake.now += 0.05
+
+    clock.on_sleep = slow_down_the_first_pass
+    grid = ProfileGrid(**{**SMALL_GRID.__dict__, "passes": 2})
+    measured = await profile_engine(engine, engine.info, ProfileTarget("m", HARDWARE, 2048, 64), grid, clock=clock)
+    source = make_profile()
+    assert len(measured.prefill_points) == 4 and len(measured.decode_points) == 4
+    for point in measured.prefill_points:
+        assert point.ttft_ms == pytest.approx(source.predict_prefill_ms([point.prompt_tokens] * point.batch_size))
+
+
 def test_the_grid_keeps_what_the_engine_can_run():
     grid = ProfileGrid().fitted(max_model_len=512, max_batched_tokens=512, max_num_seqs=8, kv_capacity_tokens=2048)
     assert max(grid.prompt_lengths) <= 511
