@@ -8,7 +8,8 @@ Life of a transfer on the decode side:
 2. `expect()` (engine thread, when the scheduler allocated the blocks) registers where each prompt
    block goes and replays the stash.
 3. Each frame is checksummed and written (`write` callback) into the destination blocks, skipping the
-   blocks the engine already holds from its own prefix cache. Per layer, coverage advances.
+   blocks the engine already holds from its own prefix cache; with `verify_after_write` the checksum
+   is taken over what was written (one cold read instead of two). Per layer, coverage advances.
 4. When every layer covers the prompt, the transfer is complete. A checksum mismatch, an
    `abort()` from the sender or a missing/late frame past `timeout_s` fails it: the engine recomputes.
 5. `poll()` (engine thread, every step) hands out completed and failed requests exactly once.
@@ -28,11 +29,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from workers.kv.wire import FrameSpan, Header, checksum
+from workers.kv.wire import FrameSpan, Header, Payload, checksum, payload_size
 
 # write(layer_index, destination_block_ids, header, payload, first_row): copy rows [first_row:] of the
-# payload's blocks into the destination blocks of that layer.
-WriteFn = Callable[[int, list[int], Header, memoryview, int], None]
+# payload's blocks into the destination blocks of that layer. The payload is one buffer or a list of
+# parts (runs of whole blocks, in order), as the sender sent it. It may return the frame's checksum as
+# written (`blocks.write_blocks` does, in host memory): the assembler then verifies the copy rather
+# than the received bytes, reading them once; None: the assembler checks the payload before writing.
+WriteFn = Callable[[int, list[int], Header, Payload, int], "int | None"]
 
 
 @dataclass
@@ -44,7 +48,7 @@ class _Expected:
     num_prompt_tokens: int
     registered_s: float
     covered: dict[int, int] = field(default_factory=dict)  # layer -> tokens covered from 0
-    out_of_order: list[tuple[Header, bytes]] = field(default_factory=list)
+    out_of_order: list[tuple[Header, Payload]] = field(default_factory=list)
     num_layers: int = 0
     first_frame_s: float | None = None
     last_frame_s: float | None = None
@@ -76,15 +80,18 @@ class Counters:
 
 class TransferAssembler:
     def __init__(self, write: WriteFn, *, timeout_s: float, max_stash_bytes: int = 256 << 20,
-                 clock: Callable[[], float] = time.monotonic, max_outcomes: int = 4096) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_outcomes: int = 4096,
+                 verify_after_write: bool = False) -> None:
+        """`verify_after_write`: check each frame's checksum on what `write` returns (see WriteFn)."""
         self._write = write
+        self._verify_after_write = verify_after_write
         self._timeout_s = timeout_s
         self._max_stash_bytes = max_stash_bytes
         self._clock = clock
         self._lock = threading.Lock()
         self._expected: dict[str, _Expected] = {}  # transfer_id -> state
         self._by_request: dict[str, str] = {}  # request_id -> transfer_id
-        self._stash: OrderedDict[str, list[tuple[Header, bytes]]] = OrderedDict()
+        self._stash: OrderedDict[str, list[tuple[Header, Payload]]] = OrderedDict()  # received buffers, not copies
         self._stash_bytes = 0
         self._stash_since: dict[str, float] = {}  # transfer_id -> when its latest frame was stashed
         self._aborted_early: dict[str, str] = {}  # transfer_id -> reason, abort before expect()
@@ -104,13 +111,13 @@ class TransferAssembler:
             self._by_request[request_id] = transfer_id
             stashed = self._stash.pop(transfer_id, [])
             self._stash_since.pop(transfer_id, None)
-            self._stash_bytes -= sum(len(p) for _, p in stashed)
+            self._stash_bytes -= sum(payload_size(p) for _, p in stashed)
             early_abort = self._aborted_early.pop(transfer_id, None)
         if early_abort is not None:
             self._fail(state, f"aborted: {early_abort}")
             return
         for header, payload in stashed:
-            self._apply(state, header, memoryview(payload))
+            self._apply(state, header, payload)
 
     def cancel(self, request_id: str) -> None:
         """The request ended while waiting (aborted): stop expecting; report it finished."""
@@ -142,11 +149,11 @@ class TransferAssembler:
         return finished, failed
 
     # ---- receiver threads ----------------------------------------------------------------------
-    def on_frame(self, header: Header, payload: memoryview) -> None:
-        """A frame arrived (any transport)."""
+    def on_frame(self, header: Header, payload: Payload) -> None:
+        """A frame arrived (any transport). The payload's buffers must stay valid: they may be kept."""
         with self._lock:
             self.counters.frames_total += 1
-            self.counters.bytes_total += len(payload)
+            self.counters.bytes_total += payload_size(payload)
             state = self._expected.get(header.transfer_id)
             if state is None:
                 self._stash_frame(header, payload)
@@ -170,12 +177,11 @@ class TransferAssembler:
             return self._outcomes.get(transfer_id)
 
     # ---- internals -----------------------------------------------------------------------------
-    def _stash_frame(self, header: Header, payload: memoryview) -> None:
-        data = bytes(payload)
-        self._stash.setdefault(header.transfer_id, []).append((header, data))
+    def _stash_frame(self, header: Header, payload: Payload) -> None:
+        self._stash.setdefault(header.transfer_id, []).append((header, payload))
         self._stash.move_to_end(header.transfer_id)
         self._stash_since[header.transfer_id] = self._clock()
-        self._stash_bytes += len(data)
+        self._stash_bytes += payload_size(payload)
         while self._stash_bytes > self._max_stash_bytes and self._stash:
             self._drop_stash(next(iter(self._stash)))
 
@@ -188,7 +194,7 @@ class TransferAssembler:
     def _drop_stash(self, transfer_id: str) -> None:
         dropped = self._stash.pop(transfer_id, [])
         self._stash_since.pop(transfer_id, None)
-        self._stash_bytes -= sum(len(p) for _, p in dropped)
+        self._stash_bytes -= sum(payload_size(p) for _, p in dropped)
 
     @property
     def stash_bytes(self) -> int:
@@ -197,13 +203,11 @@ class TransferAssembler:
     def _last_progress(self, state: _Expected) -> float:
         return state.last_frame_s if state.last_frame_s is not None else state.registered_s
 
-    def _apply(self, state: _Expected, header: Header, payload: memoryview) -> None:
+    def _apply(self, state: _Expected, header: Header, payload: Payload) -> None:
         if state.done:
             return
-        if checksum(payload) != header.checksum:
-            with self._lock:
-                self.counters.checksum_failures += 1
-            self._fail(state, f"checksum mismatch on layer {header.layer_index} tokens {header.token_start}-{header.token_end}")
+        if not self._verify_after_write and checksum(payload) != header.checksum:
+            self._checksum_failed(state, header)
             return
         now = self._clock()
         state.first_frame_s = state.first_frame_s or now
@@ -211,25 +215,41 @@ class TransferAssembler:
         state.num_layers = header.num_layers
         covered = state.covered.get(header.layer_index, 0)
         if header.token_start > covered:
-            state.out_of_order.append((header, bytes(payload)))
+            state.out_of_order.append((header, payload))
             return
-        self._write_frame(state, header, payload)
-        state.bytes += len(payload)
+        if not self._write_frame(state, header, payload):
+            return
+        state.bytes += payload_size(payload)
         state.covered[header.layer_index] = max(covered, header.token_end)
         self._replay_out_of_order(state)
         self._maybe_complete(state)
 
-    def _write_frame(self, state: _Expected, header: Header, payload: memoryview) -> None:
+    def _write_frame(self, state: _Expected, header: Header, payload: Payload) -> bool:
+        """Write one frame; False when its bytes did not match its checksum (the transfer failed)."""
         span = FrameSpan.of(header)
         first_local = state.local_tokens // header.block_size  # blocks the engine holds already
         skip = max(first_local - span.first_block, 0)
         if skip >= span.num_blocks:
-            return
+            return self._verified(state, header, checksum(payload) if self._verify_after_write else None)
         dest = state.block_ids[span.first_block + skip: span.first_block + span.num_blocks]
         if len(dest) != span.num_blocks - skip:
             raise ValueError(f"transfer {state.transfer_id}: frame covers blocks up to "
                              f"{span.first_block + span.num_blocks} but {len(state.block_ids)} were allocated")
-        self._write(header.layer_index, dest, header, payload, skip)
+        written = self._write(header.layer_index, dest, header, payload, skip)
+        if self._verify_after_write and written is None:
+            written = checksum(payload)
+        return self._verified(state, header, written if self._verify_after_write else None)
+
+    def _verified(self, state: _Expected, header: Header, digest: int | None) -> bool:
+        if digest is None or digest == header.checksum:
+            return True
+        self._checksum_failed(state, header)
+        return False
+
+    def _checksum_failed(self, state: _Expected, header: Header) -> None:
+        with self._lock:
+            self.counters.checksum_failures += 1
+        self._fail(state, f"checksum mismatch on layer {header.layer_index} tokens {header.token_start}-{header.token_end}")
 
     def _replay_out_of_order(self, state: _Expected) -> None:
         progressed = True
@@ -239,8 +259,9 @@ class TransferAssembler:
                 header, data = item
                 if header.token_start <= state.covered.get(header.layer_index, 0):
                     state.out_of_order.remove(item)
-                    self._write_frame(state, header, memoryview(data))
-                    state.bytes += len(data)
+                    if not self._write_frame(state, header, data):
+                        return
+                    state.bytes += payload_size(data)
                     state.covered[header.layer_index] = max(state.covered.get(header.layer_index, 0), header.token_end)
                     progressed = True
 

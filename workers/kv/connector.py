@@ -35,14 +35,13 @@ waiting for a transfer that will not come again.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
@@ -52,7 +51,15 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from workers.kv.assembler import TransferAssembler
-from workers.kv.transport import KVSenders, KVTransferService, OutgoingFrame, ZmqReceiver, serve_kv_service
+from workers.kv.blocks import as_bytes, block_parts, gather_blocks, write_blocks
+from workers.kv.transport import (
+    KVSenders,
+    KVTransferService,
+    OutgoingFrame,
+    PendingSends,
+    ZmqReceiver,
+    serve_kv_service,
+)
 from workers.kv.wire import Header
 
 if TYPE_CHECKING:
@@ -71,6 +78,7 @@ PARAMS_KEY = "pdserve"
 
 @dataclass(frozen=True)
 class SendSpec:
+    request_id: str  # vLLM's id of the pushed request
     transfer_id: str
     endpoint: str
     block_ids: list[int]  # the blocks covering [token_start, token_end), in prompt order
@@ -98,6 +106,7 @@ class PdserveConnectorMetadata(KVConnectorMetadata):
 
 @dataclass
 class _PushState:
+    request_id: str
     transfer_id: str
     endpoint: str
     num_prompt_tokens: int
@@ -162,6 +171,7 @@ class PdserveConnector(KVConnectorBase_V1):
         self._layer_views: list[torch.Tensor] = []
         self._sender = None
         self._receivers: list[Any] = []
+        self._sends = PendingSends()
 
     # ============================== scheduler side ==============================================
     def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int) -> tuple[int | None, bool]:
@@ -195,7 +205,7 @@ class PdserveConnector(KVConnectorBase_V1):
             params = transfer_params(new.sampling_params.extra_args if new.sampling_params else None)
             if not params or params.get("role") != "push":
                 continue
-            state = _PushState(params["transfer_id"], params["endpoint"], int(params["num_prompt_tokens"]),
+            state = _PushState(new.req_id, params["transfer_id"], params["endpoint"], int(params["num_prompt_tokens"]),
                                list(new.block_ids[0]), fault=str(params.get("fault", "")))
             self._pushes[new.req_id] = state
             self._emit(meta, state, new.num_computed_tokens + scheduled.get(new.req_id, 0))
@@ -218,8 +228,8 @@ class PdserveConnector(KVConnectorBase_V1):
             return
         start = (state.sent_until // self._block_size) * self._block_size
         first, last = start // self._block_size, -(-end // self._block_size)
-        meta.sends.append(SendSpec(state.transfer_id, state.endpoint, state.block_ids[first:last], start, end,
-                                   state.num_prompt_tokens, state.fault))
+        meta.sends.append(SendSpec(state.request_id, state.transfer_id, state.endpoint, state.block_ids[first:last], start,
+                                   end, state.num_prompt_tokens, state.fault))
         state.sent_until = end
 
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
@@ -239,17 +249,18 @@ class PdserveConnector(KVConnectorBase_V1):
             _write_atomically(self._extra["stats_endpoint_file"], json.dumps({"grpc": endpoint}))
 
     def request_finished(self, request: Request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
-        """Scheduler: frames were copied out during the forward pass, so blocks free at once.
+        """Scheduler: a pushed request whose frames went out keeps its blocks until the worker side
+        reports them sent (`finished_sending`): frames may be zero-copy views of those blocks.
 
         A `receive` request that ends while still waiting (aborted, deadline) is cancelled on the worker
         side, which reports it finished so that vLLM frees its blocks.
         """
-        self._pushes.pop(request.request_id, None)
+        push = self._pushes.pop(request.request_id, None)
         self._recompute.discard(request.request_id)
         if request.request_id in self._waiting_recv:
             self._waiting_recv.discard(request.request_id)
             self._cancelled.append(request.request_id)
-        return False, None
+        return push is not None and push.sent_until > 0, None
 
     # ============================== worker side =================================================
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
@@ -263,7 +274,8 @@ class PdserveConnector(KVConnectorBase_V1):
     def _start_receivers(self) -> None:
         host = self._extra.get("host", "127.0.0.1")
         self._assembler = TransferAssembler(self._write_blocks, timeout_s=float(self._extra.get("timeout_s", 10.0)),
-                                            max_stash_bytes=int(self._extra.get("max_stash_bytes", 1 << 30)))
+                                            max_stash_bytes=int(self._extra.get("max_stash_bytes", 1 << 30)),
+                                            verify_after_write=True)
         self._receivers.append(ZmqReceiver(self._assembler, host, int(self._extra.get("zmq_port", 0))))
         self._sender = KVSenders()
         service = KVTransferService(self._assembler, self._sender)
@@ -275,18 +287,9 @@ class PdserveConnector(KVConnectorBase_V1):
         log.info("pdserve KV connector: %d layers, receiving on %s and %s", len(self._layer_views),
                  endpoints["zmq"], endpoints["grpc"])
 
-    def _write_blocks(self, layer_index: int, dest_block_ids: list[int], header: Header, payload: memoryview,
-                      first_row: int) -> None:
-        view = self._layer_views[layer_index]
-        shape = tuple(header.shape)
-        if shape[1:] != tuple(view.shape[1:]) or header.dtype != str(view.dtype).removeprefix("torch."):
-            raise ValueError(f"KV layout mismatch: sender {header.dtype}{list(shape[1:])} per block, "
-                             f"receiver {view.dtype}{list(view.shape[1:])} (same model, block size and TP needed)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only buffer: we only read it
-            raw = torch.from_numpy(np.frombuffer(payload, dtype=np.uint8))
-        blocks = raw.view(view.dtype).reshape(shape)[first_row:]
-        view[torch.tensor(dest_block_ids, dtype=torch.long)] = blocks
+    def _write_blocks(self, layer_index: int, dest_block_ids: list[int], header: Header, payload: Any,
+                      first_row: int) -> int | None:
+        return write_blocks(self._layer_views[layer_index], dest_block_ids, header, payload, first_row)
 
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
         """Worker: register this step's new receives (frames may already be stashed) and cancellations."""
@@ -304,10 +307,12 @@ class PdserveConnector(KVConnectorBase_V1):
         """Worker: nothing to wait for; receiving requests only run once their KV is complete."""
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: Any, **kwargs: Any) -> None:
-        """Worker, inside the forward pass: copy this layer's blocks of each pushed request and queue them.
+        """Worker, inside the forward pass: queue this layer's blocks of each pushed request.
 
-        The copy (one gather) is all the engine thread pays; checksum and network run on the sender
-        thread while later layers compute.
+        On the CPU the frame's parts are views into the cache (`blocks.block_parts`): the engine thread
+        copies nothing, and the blocks stay allocated until ZeroMQ has sent them (`get_transfer_results`
+        reports the request in `finished_sending` then). Elsewhere one gather copies them out. The
+        checksum and the network run on the sender thread while later layers compute.
         """
         if self._sender is None or not self.has_connector_metadata():
             return
@@ -317,27 +322,37 @@ class PdserveConnector(KVConnectorBase_V1):
         layer = self._layer_index.get(layer_name)
         if layer is None:
             return
+        view = self._layer_views[layer]  # the block-first view of kv_layer
         for spec in meta.sends:
+            self._sends.track(spec.request_id)
             if spec.fault == "drop":
                 continue
-            blocks = kv_layer.index_select(0, torch.tensor(spec.block_ids, dtype=torch.long, device=kv_layer.device))
-            blocks = blocks.cpu().contiguous()
+            payload: Any = block_parts(view, spec.block_ids)
+            on_done = None
+            if payload is None:
+                payload = as_bytes(gather_blocks(view, spec.block_ids))
+            else:
+                self._sends.add(spec.request_id)
+                on_done = functools.partial(self._sends.done, spec.request_id)
             self._sender.send(OutgoingFrame(spec.endpoint, dict(
                 transfer_id=spec.transfer_id, layer_index=layer, num_layers=len(self._layer_views),
                 token_start=spec.token_start, token_end=spec.token_end, num_prompt_tokens=spec.num_prompt_tokens,
-                block_size=self._block_size, dtype=str(blocks.dtype).removeprefix("torch."), shape=tuple(blocks.shape),
-                source_block_ids=spec.block_ids, sender=str(self._extra.get("worker_id", ""))),
-                blocks.view(torch.uint8).numpy(), corrupt=spec.fault == "corrupt" and layer == 0))
+                block_size=self._block_size, dtype=str(view.dtype).removeprefix("torch."),
+                shape=(len(spec.block_ids), *view.shape[1:]), source_block_ids=spec.block_ids,
+                sender=str(self._extra.get("worker_id", ""))), payload,
+                corrupt=spec.fault == "corrupt" and layer == 0, on_done=on_done))
 
     def wait_for_save(self) -> None:
-        """Worker: sends are asynchronous and own copies of their blocks; nothing to wait for."""
+        """Worker: sends are asynchronous; their blocks stay allocated until sent (see save_kv_layer)."""
 
     def get_transfer_results(self, finished_req_ids: set[str]) -> KVConnectorTransferResults:
-        """Worker, every step: receives that completed, failed (recompute) or were cancelled."""
+        """Worker, every step: pushed requests whose frames are all sent (their blocks may be freed now),
+        and receives that completed, failed (recompute) or were cancelled."""
+        sent = self._sends.finished(finished_req_ids)
         if self._assembler is None:
-            return KVConnectorTransferResults()
+            return KVConnectorTransferResults(finished_sending=sent)
         finished, failed = self._assembler.poll()
-        return KVConnectorTransferResults(finished_recving=finished, failed_recving=failed)
+        return KVConnectorTransferResults(finished_sending=sent, finished_recving=finished, failed_recving=failed)
 
     def shutdown(self) -> None:
         for receiver in self._receivers:

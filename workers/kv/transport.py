@@ -4,15 +4,19 @@ Senders are called from the engine thread inside the forward pass (`save_kv_laye
 enqueues: a background thread checksums the payload and puts it on the wire, while the engine computes
 the next layer. Receivers run their own threads and hand every frame to a `TransferAssembler`.
 
-- ZeroMQ (`zmq://host:port`): PUSH/PULL, multipart [header, payload], payload sent and received
-  zero-copy (pyzmq keeps a reference to the buffer until the I/O thread has sent it).
+- ZeroMQ (`zmq://host:port`): PUSH/PULL, multipart [header, payload part, ...], parts sent and received
+  zero-copy. A part may be a view straight into the sender's KV cache: the frame's `on_done` runs only
+  once ZeroMQ's I/O thread no longer needs the memory (a message tracker), so the engine frees those
+  blocks after that, not before.
 - gRPC (`grpc://host:port`): the same frames as `KVFrame` messages on one client-streaming `Push` call;
   for networks where only one port is open. The same server also answers the control calls
   (`AbortTransfer`, `GetTransferStats`), whichever data transport is in use.
 - Loopback: an in-process twin for tests (`LoopbackSender` straight into an assembler).
 
 A sender never blocks the engine and never raises into it: a frame that cannot be sent (peer gone,
-queue full) is dropped and counted; the receiver's timeout turns that into a recompute.
+queue full) is dropped and counted (its `on_done` runs too); the receiver's timeout turns that into a
+recompute. A zero-copy part still queued in ZeroMQ past `release_timeout_s` is released anyway: if its
+blocks are then reused, the receiver sees a checksum mismatch and recomputes, never wrong KV.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import abc
 import logging
 import queue
 import threading
+
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +36,7 @@ import zmq
 
 from orchestrator.api.pb import kv_pb2, kv_pb2_grpc
 from workers.kv.assembler import TransferAssembler
-from workers.kv.wire import Header, make_header
+from workers.kv.wire import Header, make_header, payload_parts
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +45,36 @@ MAX_GRPC_MESSAGE_BYTES = 512 << 20
 
 @dataclass(frozen=True)
 class OutgoingFrame:
-    """A frame before its checksum: header fields and a buffer (kept alive until sent)."""
+    """A frame before its checksum: header fields and its bytes (kept alive until sent)."""
 
     endpoint: str
     fields: dict[str, Any]
-    buffer: Any  # numpy array or anything exposing the buffer protocol, contiguous
+    buffer: Any  # a contiguous buffer (numpy array, ...), or a sequence of them: the payload's parts in order
     corrupt: bool = False  # fault injection: the bytes on the wire differ from the checksummed ones
+    on_done: Callable[[], None] | None = None  # runs once (sender thread) when the buffers are no longer used
+
+    def parts(self) -> list[memoryview]:
+        return payload_parts(self.buffer if isinstance(self.buffer, (list, tuple)) else memoryview(self.buffer))
 
     def header(self) -> Header:
-        return make_header(payload=memoryview(self.buffer).cast("B"), **self.fields)
+        return make_header(payload=self.parts(), **self.fields)
 
-    def wire(self) -> tuple[Header, memoryview]:
-        """The header (checksum of the true bytes) and the payload to send (sender thread)."""
-        header = self.header()
-        payload = memoryview(self.buffer).cast("B")
-        if self.corrupt and len(payload):
-            damaged = bytearray(payload)
+    def wire(self) -> tuple[Header, list[memoryview]]:
+        """The header (checksum of the true bytes) and the payload parts to send (sender thread)."""
+        parts = self.parts()
+        header = make_header(payload=parts, **self.fields)
+        if self.corrupt and parts and len(parts[0]):
+            damaged = bytearray(parts[0])
             damaged[len(damaged) // 2] ^= 0xFF
-            payload = memoryview(damaged)
-        return header, payload
+            parts = [memoryview(damaged), *parts[1:]]
+        return header, parts
+
+    def done(self) -> None:
+        if self.on_done is not None:
+            try:
+                self.on_done()
+            except Exception:  # noqa: BLE001 - a callback error must not stop the sender thread
+                log.exception("KV frame completion callback failed")
 
 
 @dataclass
@@ -89,6 +106,7 @@ class BaseKVSender(abc.ABC):
             self._queue.put_nowait(frame)
         except queue.Full:
             self.counters.frames_dropped += 1
+            frame.done()
             log.warning("KV send queue full: dropped a frame of transfer %s", frame.fields.get("transfer_id"))
 
     def flush(self, timeout_s: float = 30.0) -> bool:
@@ -104,15 +122,21 @@ class BaseKVSender(abc.ABC):
     def _run(self) -> None:
         while (frame := self._queue.get()) is not None:
             if isinstance(frame, _Marker):
+                self._release_all()
                 frame.event.set()
                 continue
             try:
                 self._deliver(frame)
             except Exception as exc:  # noqa: BLE001 - the engine must never see a transport error
                 self.counters.frames_dropped += 1
+                frame.done()
                 log.warning("KV frame of transfer %s to %s dropped: %s", frame.fields.get("transfer_id"),
                             frame.endpoint, exc)
+        self._release_all()
         self._shutdown()
+
+    def _release_all(self) -> None:
+        """Wait (bounded) for every frame handed to the wire, then release them."""
 
     @abc.abstractmethod
     def _deliver(self, frame: OutgoingFrame) -> None:
@@ -127,11 +151,24 @@ class _Marker:
     event: threading.Event
 
 
+class _DoneTracker:
+    """A tracker that is already done (a marker in the release queue)."""
+
+    def wait(self, timeout: float | None = None) -> None:
+        return None
+
+
 class ZmqSender(BaseKVSender):
-    def __init__(self, max_queued_frames: int = 4096, sndhwm: int = 1024) -> None:
+    def __init__(self, max_queued_frames: int = 4096, sndhwm: int = 1024, release_timeout_s: float = 30.0) -> None:
         self._context = zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket] = {}
         self._sndhwm = sndhwm
+        self._release_timeout_s = release_timeout_s
+        # Sent frames, oldest first, whose buffers ZeroMQ may still read; a thread of their own waits on
+        # each message's tracker in turn and then runs the frame's `done()`.
+        self._in_flight: queue.Queue[tuple[zmq.MessageTracker, OutgoingFrame] | None] = queue.Queue()
+        self._releaser = threading.Thread(target=self._release_loop, name="ZmqSender-release", daemon=True)
+        self._releaser.start()
         super().__init__(max_queued_frames)
 
     def _socket(self, address: str) -> zmq.Socket:
@@ -146,12 +183,34 @@ class ZmqSender(BaseKVSender):
 
     def _deliver(self, frame: OutgoingFrame) -> None:
         _, address = split_endpoint(frame.endpoint)
-        header, payload = frame.wire()
-        self._socket(address).send_multipart([header.SerializeToString(), payload], copy=False)
+        header, parts = frame.wire()
+        if frame.on_done is None:  # nobody waits for this frame's buffers: no tracking needed
+            self._socket(address).send_multipart([header.SerializeToString(), *parts], copy=False)
+        else:
+            tracker = self._socket(address).send_multipart([header.SerializeToString(), *parts], copy=False,
+                                                            track=True)
+            self._in_flight.put((tracker, frame))
         self.counters.frames_sent += 1
-        self.counters.bytes_sent += len(payload)
+        self.counters.bytes_sent += sum(part.nbytes for part in parts)
+
+    def _release_loop(self) -> None:
+        while (item := self._in_flight.get()) is not None:
+            tracker, frame = item
+            try:
+                tracker.wait(self._release_timeout_s)
+            except zmq.NotDone:
+                log.warning("KV frame of transfer %s not sent after %.0f s: releasing its buffers",
+                            frame.fields.get("transfer_id"), self._release_timeout_s)
+            frame.done()
+
+    def _release_all(self) -> None:
+        done = threading.Event()
+        self._in_flight.put((_DoneTracker(), OutgoingFrame("", {}, b"", on_done=done.set)))
+        done.wait(self._release_timeout_s + 1)
 
     def _shutdown(self) -> None:
+        self._in_flight.put(None)
+        self._releaser.join(timeout=self._release_timeout_s + 1)
         for sock in self._sockets.values():
             sock.close(linger=0)
 
@@ -168,8 +227,9 @@ class GrpcSender(BaseKVSender):
         stream = self._streams.get(address)
         if stream is None or stream.broken:
             stream = self._streams[address] = _GrpcStream(address)
-        header, view = frame.wire()
-        payload = bytes(view)
+        header, parts = frame.wire()
+        payload = b"".join(parts)  # one copy: the message owns its bytes, the frame's buffers are free now
+        frame.done()
         stream.put(kv_pb2.KVFrame(header=header, payload=payload))
         self.counters.frames_sent += 1
         self.counters.bytes_sent += len(payload)
@@ -223,10 +283,12 @@ class LoopbackSender(BaseKVSender):
         super().__init__()
 
     def _deliver(self, frame: OutgoingFrame) -> None:
-        header, payload = frame.wire()
-        self._assembler.on_frame(header, payload)
+        header, parts = frame.wire()
+        owned = [bytes(part) for part in parts]  # the assembler may keep them; the frame's buffers are reused
+        self._assembler.on_frame(header, owned[0] if len(owned) == 1 else owned)
+        frame.done()
         self.counters.frames_sent += 1
-        self.counters.bytes_sent += len(payload)
+        self.counters.bytes_sent += sum(part.nbytes for part in parts)
 
 
 class KVSenders:
@@ -262,6 +324,38 @@ class KVSenders:
             sender.close()
 
 
+class PendingSends:
+    """Worker side: which pushed requests still have zero-copy frames in flight (sender thread and
+    engine thread both touch it). A request is reported sent once vLLM finished it and none is left."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}  # request id -> frames not yet sent
+        self._finished: set[str] = set()  # finished in the engine, frames still in flight
+
+    def track(self, request_id: str) -> None:
+        with self._lock:
+            self._in_flight.setdefault(request_id, 0)
+
+    def add(self, request_id: str) -> None:
+        with self._lock:
+            self._in_flight[request_id] = self._in_flight.get(request_id, 0) + 1
+
+    def done(self, request_id: str) -> None:
+        with self._lock:
+            self._in_flight[request_id] = self._in_flight.get(request_id, 1) - 1
+
+    def finished(self, finished_req_ids: set[str]) -> set[str]:
+        """Pushed requests finished in the engine (now or before) whose frames are all sent."""
+        with self._lock:
+            self._finished.update(r for r in finished_req_ids if r in self._in_flight)
+            sent = {r for r in self._finished if self._in_flight.get(r, 0) <= 0}
+            for request_id in sent:
+                self._finished.discard(request_id)
+                self._in_flight.pop(request_id, None)
+        return sent
+
+
 def make_sender(transport: str) -> BaseKVSender:
     if transport == "zmq":
         return ZmqSender()
@@ -295,12 +389,13 @@ class ZmqReceiver:
             if not poller.poll(100):
                 continue
             parts = self._socket.recv_multipart(copy=False)
-            if len(parts) != 2:
-                log.warning("KV receiver: dropped a message of %d parts (expected header + payload)", len(parts))
+            if len(parts) < 2:
+                log.warning("KV receiver: dropped a message of %d parts (expected a header and a payload)", len(parts))
                 continue
             try:
                 header = Header.FromString(parts[0].bytes)
-                self._assembler.on_frame(header, parts[1].buffer)
+                payload = parts[1].buffer if len(parts) == 2 else [part.buffer for part in parts[1:]]
+                self._assembler.on_frame(header, payload)
             except Exception as exc:  # noqa: BLE001 - one bad frame must not kill the receiver
                 log.warning("KV receiver: frame rejected: %s", exc)
         self._socket.close(linger=0)

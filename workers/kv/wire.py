@@ -2,12 +2,15 @@
 
 A frame carries, for one transfer and one layer, the KV of prompt tokens [token_start, token_end) as
 whole blocks (token_start is block-aligned; the last block may be partial and is sent again by the next
-chunk). The payload is the blocks in prompt order, contiguous, in the engine's per-block layout; its
-shape (blocks first) and dtype ride in the header, with an xxh3_64 checksum of the bytes.
+chunk). The payload is the blocks in prompt order, in the engine's per-block layout: one buffer, or
+several parts (runs of blocks sent straight out of the KV cache as zero-copy ZeroMQ frames) that
+together are those bytes. Its shape (blocks first) and dtype ride in the header, with an xxh3_64
+checksum of the bytes, parts in order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import xxhash
@@ -17,9 +20,31 @@ from orchestrator.api.pb import kv_pb2
 Header = kv_pb2.KVFrameHeader
 
 
-def checksum(payload: memoryview | bytes) -> int:
-    """xxh3_64 of the payload (fast enough to verify every frame at memory speed)."""
-    return xxhash.xxh3_64_intdigest(payload)
+Payload = memoryview | bytes | Sequence[memoryview | bytes]
+
+
+def checksum(payload: Payload) -> int:
+    """xxh3_64 of the payload's bytes, parts in order (fast enough to verify every frame at memory speed)."""
+    if isinstance(payload, (memoryview, bytes, bytearray)):
+        return xxhash.xxh3_64_intdigest(payload)
+    digest = xxhash.xxh3_64()
+    for part in payload:
+        digest.update(part)
+    return digest.intdigest()
+
+
+def payload_size(payload: Payload) -> int:
+    """Bytes in the payload, all parts together."""
+    if isinstance(payload, (memoryview, bytes, bytearray)):
+        return memoryview(payload).nbytes
+    return sum(memoryview(part).nbytes for part in payload)
+
+
+def payload_parts(payload: Payload) -> list[memoryview]:
+    """The payload as a list of byte views (one for a single buffer)."""
+    if isinstance(payload, (memoryview, bytes, bytearray)):
+        return [memoryview(payload).cast("B")]
+    return [memoryview(part).cast("B") for part in payload]
 
 
 @dataclass(frozen=True)
@@ -38,7 +63,7 @@ class FrameSpan:
 
 def make_header(*, transfer_id: str, layer_index: int, num_layers: int, token_start: int, token_end: int,
                 num_prompt_tokens: int, block_size: int, dtype: str, shape: tuple[int, ...],
-                payload: memoryview | bytes, source_block_ids: list[int] | None = None, sender: str = "") -> Header:
+                payload: Payload, source_block_ids: list[int] | None = None, sender: str = "") -> Header:
     if token_start % block_size:
         raise ValueError(f"token_start {token_start} is not a multiple of block_size {block_size}")
     return Header(

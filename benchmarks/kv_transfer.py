@@ -1,0 +1,206 @@
+"""KV-transfer throughput: the real connector data path beside raw pyzmq moving the same bytes.
+
+    .venv/bin/python benchmarks/kv_transfer.py [--tokens 2048] [--transfers 20] [--repeats 5] [--out FILE]
+
+Sender and receiver run in two processes, as a prefill and a decode engine do (each with its own
+ZeroMQ I/O thread), over TCP loopback.
+
+The connector path is what a disaggregated request's KV goes through, minus the engines. Sender (this
+process): per layer, `blocks.block_parts` (zero-copy views of the request's blocks in a per-layer KV
+cache in the CPU backend's layout; with `scattered`, the requests' blocks interleave in runs of 4, as in
+a busy engine, and `blocks.gather_blocks` copies them out instead) and the real `ZmqSender` (xxh3
+checksum into the header, zero-copy multipart send from its thread, buffers tracked until ZeroMQ lets
+go). Receiver (a child process): the real `ZmqReceiver` and `TransferAssembler` (`blocks.write_blocks`
+copies the bytes into the receiving cache's allocated blocks, and the checksum is verified over what was
+written, as the connector does), until the assembler reports every transfer complete. The baseline is raw pyzmq PUSH/PULL between the same two processes
+sending the same frames zero-copy and receiving them without looking at them. The gRPC transport is
+measured the same way, for reference.
+
+Reports GB/s (payload bytes per second, first send to the receiver's last completion), the best and
+median of `--repeats`, and the ratio to raw pyzmq measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# SmolLM2-135M on the CPU backend: 30 layers, 3 KV heads, head dim 64, block 32, bf16, K and V side by side.
+NUM_LAYERS, HEADS, BLOCK, WIDTH = 30, 3, 32, 128
+
+
+def _kv_cache(num_blocks: int) -> list:
+    import torch
+
+    return [torch.randn(num_blocks, HEADS, BLOCK, WIDTH).to(torch.bfloat16) for _ in range(NUM_LAYERS)]
+
+
+def _plan(tokens: int, transfers: int, scattered: bool) -> tuple[int, list[list[int]], list[list[int]]]:
+    """(blocks per prompt, the sender's block ids per transfer, the receiver's)."""
+    per_prompt = -(-tokens // BLOCK)
+    receiver_ids = [list(range(1 + i * per_prompt, 1 + (i + 1) * per_prompt)) for i in range(transfers)]
+    sender_ids = receiver_ids
+    if scattered:
+        sender_ids = [[1 + (run * transfers + i) * 4 + k for run in range(-(-per_prompt // 4)) for k in range(4)]
+                      [:per_prompt] for i in range(transfers)]
+    return per_prompt, sender_ids, receiver_ids
+
+
+# ---- receivers (child process) --------------------------------------------------------------------
+
+def _connector_receiver(conn, transport: str, tokens: int, receiver_ids: list[list[int]], transfer_ids: list[str]) -> None:
+    import torch
+
+    from workers.kv.assembler import TransferAssembler
+    from workers.kv.blocks import write_blocks
+    from workers.kv.transport import KVTransferService, ZmqReceiver, serve_kv_service
+
+    torch.set_num_threads(1)
+    cache = _kv_cache(max(max(ids) for ids in receiver_ids) + 1)
+    assembler = TransferAssembler(lambda layer, ids, header, payload, first: write_blocks(cache[layer], ids, header,
+                                                                                          payload, first),
+                                  timeout_s=120.0, max_stash_bytes=8 << 30, verify_after_write=True)
+    if transport == "zmq":
+        receiver = ZmqReceiver(assembler, "127.0.0.1", 0)
+        endpoint, stop = receiver.endpoint, receiver.close
+    else:
+        server, endpoint = serve_kv_service(KVTransferService(assembler), "127.0.0.1", 0)
+        stop = lambda: server.stop(0)  # noqa: E731
+    for transfer_id, ids in zip(transfer_ids, receiver_ids):  # the decode engine allocated its blocks
+        assembler.expect(transfer_id, transfer_id, ids, 0, tokens)
+    conn.send(endpoint)
+    done: set[str] = set()
+    while len(done) < len(transfer_ids):
+        finished, failed = assembler.poll()
+        if failed:
+            conn.send(("failed", [str(assembler.outcome(t)) for t in failed]))
+            return
+        done |= finished
+        time.sleep(0.0002)
+    conn.send(("done", assembler.counters.bytes_total, float(cache[NUM_LAYERS - 1][receiver_ids[-1][-1]].float().sum())))
+    stop()
+
+
+def _raw_receiver(conn, count: int) -> None:
+    import zmq
+
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    conn.send(f"tcp://127.0.0.1:{port}")
+    size = 0
+    for _ in range(count):
+        size += sum(len(part) for part in pull.recv_multipart(copy=False)[1:])
+    conn.send(("done", size, 0.0))
+    pull.close(linger=0)
+
+
+# ---- senders (this process) -----------------------------------------------------------------------
+
+def connector_path(transport: str, tokens: int, transfers: int, scattered: bool = False) -> tuple[float, int]:
+    """(seconds, payload bytes) to move `transfers` prompts of `tokens` tokens through the real path."""
+    import torch
+
+    from workers.kv.blocks import as_bytes, block_parts, gather_blocks
+    from workers.kv.transport import OutgoingFrame, make_sender
+
+    per_prompt, sender_ids, receiver_ids = _plan(tokens, transfers, scattered)
+    source = _kv_cache(max(max(ids) for ids in sender_ids) + 1)
+    transfer_ids = [uuid.uuid4().hex for _ in range(transfers)]
+    parent, child = mp.Pipe()
+    receiver = mp.get_context("spawn").Process(target=_connector_receiver,
+                                               args=(child, transport, tokens, receiver_ids, transfer_ids))
+    receiver.start()
+    endpoint = parent.recv()
+    sender = make_sender(transport)
+    time.sleep(0.2)
+    started = time.perf_counter()
+    for transfer_id, ids in zip(transfer_ids, sender_ids):
+        for layer in range(NUM_LAYERS):
+            parts = block_parts(source[layer], ids)  # what the connector sends on the CPU
+            if parts is None:
+                parts = as_bytes(gather_blocks(source[layer], ids))
+            sender.send(OutgoingFrame(endpoint, dict(
+                transfer_id=transfer_id, layer_index=layer, num_layers=NUM_LAYERS, token_start=0, token_end=tokens,
+                num_prompt_tokens=tokens, block_size=BLOCK, dtype="bfloat16", shape=(per_prompt, HEADS, BLOCK, WIDTH)),
+                parts, on_done=lambda: None))
+    result = parent.recv()
+    seconds = time.perf_counter() - started
+    receiver.join(30)
+    sender.close()
+    if result[0] != "done":
+        raise RuntimeError(f"transfers failed: {result[1]}")
+    expected = float(source[NUM_LAYERS - 1][sender_ids[-1][-1]].float().sum())
+    assert abs(result[2] - expected) < 1e-3 * max(1.0, abs(expected)), "bytes changed in transit"
+    del torch
+    return seconds, result[1]
+
+
+def raw_pyzmq(tokens: int, transfers: int) -> tuple[float, int]:
+    """(seconds, bytes) for raw PUSH/PULL moving the same frames, zero-copy, nothing done with them."""
+    import numpy as np
+    import zmq
+
+    frame_bytes = -(-tokens // BLOCK) * HEADS * BLOCK * WIDTH * 2
+    payloads = [np.random.randint(0, 255, frame_bytes, dtype=np.uint8) for _ in range(NUM_LAYERS)]
+    parent, child = mp.Pipe()
+    receiver = mp.get_context("spawn").Process(target=_raw_receiver, args=(child, transfers * NUM_LAYERS))
+    receiver.start()
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(parent.recv())
+    time.sleep(0.2)
+    started = time.perf_counter()
+    for _ in range(transfers):
+        for layer in range(NUM_LAYERS):
+            push.send_multipart([b"h" * 64, payloads[layer]], copy=False)
+    result = parent.recv()
+    seconds = time.perf_counter() - started
+    receiver.join(30)
+    push.close(linger=0)
+    return seconds, result[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=2048, help="prompt tokens per transfer")
+    parser.add_argument("--transfers", type=int, default=20, help="transfers per measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="measurements per path")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    paths = {
+        "raw pyzmq": lambda: raw_pyzmq(args.tokens, args.transfers),
+        "connector zmq": lambda: connector_path("zmq", args.tokens, args.transfers),
+        "connector zmq, scattered blocks": lambda: connector_path("zmq", args.tokens, args.transfers, scattered=True),
+        "connector grpc": lambda: connector_path("grpc", args.tokens, args.transfers),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in paths}
+    sizes: dict[str, int] = {}
+    for _ in range(args.repeats):  # interleaved, so a noisy moment hits every path alike
+        for name, run in paths.items():
+            seconds, size = run()
+            rates[name].append(size / seconds / 1e9)
+            sizes[name] = size
+    results = {name: {"gb_per_s_best": max(r), "gb_per_s_median": statistics.median(r), "bytes_per_measurement": sizes[name]}
+               for name, r in rates.items()}
+    baseline = results["raw pyzmq"]["gb_per_s_median"]
+    print(f"KV transfer, {args.tokens}-token prompts x {args.transfers} transfers, {NUM_LAYERS} layers, "
+          f"{sizes['raw pyzmq'] / 1e6:.0f} MB per measurement, {args.repeats} measurements each, two processes")
+    print(f"{'path':<33} {'GB/s (best)':>12} {'GB/s (median)':>14} {'median vs raw':>14}")
+    for name, row in results.items():
+        row["ratio_to_raw_pyzmq"] = row["gb_per_s_median"] / baseline
+        print(f"{name:<33} {row['gb_per_s_best']:>12.3f} {row['gb_per_s_median']:>14.3f} {row['ratio_to_raw_pyzmq']:>13.0%}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"tokens": args.tokens, "transfers": args.transfers, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
