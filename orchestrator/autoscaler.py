@@ -1,11 +1,17 @@
 """The autoscaling loop: observations in, the pure planner's decision out, an actuator applies it.
 
 It runs inside the controller actor (`pdserve up --autoscale`). Life of one interval:
-1. The gateways report what they saw (`GatewayReport`, about once a second): arrivals with their
-   prompt lengths, finished requests with output lengths, TTFT and inter-token latency, queue depth.
+1. The gateways report what they saw (`GatewayReport`, about once a second): arrivals with their prompt
+   lengths and the output they asked for, first tokens with their TTFT, every inter-token gap as it is
+   streamed, finished requests with the output they produced, and the queue depth.
 2. Every `planner.interval_s`, `observe()` turns the reports of the window and the workers' stats into
-   `planner.Observations`: arrival rate, prompt/output length *distributions*, observed TTFT/ITL at
-   the SLO percentile, queue depths, decode KV usage, ready replicas.
+   `planner.Observations`: arrival rate, prompt and output length *distributions*, observed TTFT and
+   inter-token latency at the SLO percentile, queue depths, decode KV usage, ready replicas.
+   Output lengths are known only once a request ends, long after its arrival loaded the decode tier:
+   each arrival's output is estimated as the length it asked for (max_tokens, or its budget) times the
+   fill ratio of recently finished requests (produced / asked; 1 before any finished), so a
+   generation-heavy wave is planned for when it arrives, not when it is over. Latencies come from
+   first tokens and token gaps seen in the interval, not from finished requests, for the same reason.
 3. `planner.decide(...)` (pure) sizes both tiers; the decision, with its reasons, goes to the actuator
    and to the planner metrics; the next state is kept for the next interval.
 Actuators: `ray` (the controller starts workers and drains them; on KubeRay the Ray autoscaler adds
@@ -40,13 +46,14 @@ MIN_LATENCY_SAMPLES = 5
 class GatewayReport:
     """What one gateway saw since its last report (times on the gateway's wall clock)."""
 
-    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (time_s, prompt tokens)
-    finished: list[tuple[float, int, float | None, float | None]] = field(default_factory=list)
-    # (time_s, output tokens, ttft_ms, mean inter-token ms)
+    arrivals: list[tuple[float, int, int]] = field(default_factory=list)  # (time_s, prompt tokens, output asked)
+    first_tokens: list[tuple[float, float]] = field(default_factory=list)  # (time_s, ttft_ms)
+    token_gaps: list[tuple[float, float]] = field(default_factory=list)  # (time_s, inter-token ms)
+    finished: list[tuple[float, int, int]] = field(default_factory=list)  # (time_s, output tokens, output asked)
     queue_depth: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.arrivals or self.finished or self.queue_depth)
+        return bool(self.arrivals or self.first_tokens or self.token_gaps or self.finished or self.queue_depth)
 
 
 def load_profile(config: PdserveConfig) -> Any:
@@ -77,8 +84,10 @@ class Autoscaler:
         self._replicas = replicas
         self._worker_stats = worker_stats
         self._clock = clock
-        self._arrivals: deque[tuple[float, int]] = deque()
-        self._finished: deque[tuple[float, int, float | None, float | None]] = deque()
+        self._arrivals: deque[tuple[float, int, int]] = deque()
+        self._first_tokens: deque[tuple[float, float]] = deque()
+        self._token_gaps: deque[tuple[float, float]] = deque()
+        self._finished: deque[tuple[float, int, int]] = deque()
         self._queue_depth = 0
         self._state: PlannerState | None = None
         self.last: ScalingDecision | None = None
@@ -109,6 +118,8 @@ class Autoscaler:
     def record(self, report: GatewayReport) -> None:
         """Take a gateway's report (controller actor's loop)."""
         self._arrivals.extend(report.arrivals)
+        self._first_tokens.extend(report.first_tokens)
+        self._token_gaps.extend(report.token_gaps)
         self._finished.extend(report.finished)
         self._queue_depth = report.queue_depth
 
@@ -130,25 +141,30 @@ class Autoscaler:
         """The planner's view of the last interval (see the module docstring)."""
         interval = self.planner.interval_s
         self._forget_before(now_s - interval * LENGTH_WINDOW_INTERVALS)
-        recent = [a for a in self._arrivals if a[0] > now_s - interval]
-        finished = [f for f in self._finished if f[0] > now_s - interval]
+        since = now_s - interval
+        recent = [a for a in self._arrivals if a[0] > since]
         replicas = self._replicas()
         prefill_waiting, kv_usage = self._pool_load()
         percentile = self.planner.slo.percentile
+        fill = self.fill_ratio()
         return Observations(
             now_s=now_s, arrival_rate_per_s=len(recent) / interval,
-            prompt_tokens=_distribution([p for _, p in self._arrivals], self.config.model.max_model_len // 4),
-            output_tokens=_distribution([o for _, o, _, _ in self._finished], 64),
+            prompt_tokens=_distribution([p for _, p, _ in self._arrivals], self.config.model.max_model_len // 4),
+            output_tokens=_distribution([asked * fill for _, _, asked in self._arrivals], 64),
             num_prefill=replicas.get("prefill", 0), num_decode=replicas.get("decode", 0),
             prefill_queue_depth=prefill_waiting, decode_queue_depth=self._queue_depth, decode_kv_usage=kv_usage,
-            prefill_ttft_ms=_percentile([t for _, _, t, _ in finished if t is not None], percentile),
-            decode_itl_ms=_percentile([i for _, _, _, i in finished if i is not None], percentile))
+            prefill_ttft_ms=_percentile([t for at, t in self._first_tokens if at > since], percentile),
+            decode_itl_ms=_percentile([g for at, g in self._token_gaps if at > since], percentile))
+
+    def fill_ratio(self) -> float:
+        """Median of produced / asked output tokens over the requests finished in the window (1: none)."""
+        ratios = sorted(min(out / asked, 1.0) for _, out, asked in self._finished if asked > 0)
+        return ratios[len(ratios) // 2] if ratios else 1.0
 
     def _forget_before(self, cutoff_s: float) -> None:
-        while self._arrivals and self._arrivals[0][0] < cutoff_s:
-            self._arrivals.popleft()
-        while self._finished and self._finished[0][0] < cutoff_s:
-            self._finished.popleft()
+        for samples in (self._arrivals, self._first_tokens, self._token_gaps, self._finished):
+            while samples and samples[0][0] < cutoff_s:
+                samples.popleft()
 
     def _pool_load(self) -> tuple[int, float | None]:
         prefill_waiting, usages = 0, []

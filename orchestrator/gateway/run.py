@@ -81,7 +81,6 @@ class RequestRun:
         self._slot = False
         self._prefill_observed = False
         self._last_token_s: float | None = None
-        self._first_token_s: float | None = None
         self.span = tracing.tracer().start_span("request", attributes={
             "request_id": request.request_id, "tenant": request.tenant, "prompt_tokens": len(prompt_ids)})
         self._first_tier = "decode"
@@ -281,12 +280,14 @@ class RequestRun:
 
     def _observe_latency(self, num_tokens: int, now: float) -> None:
         if self._last_token_s is None:
-            self._first_token_s = now
-            metrics.ttft_seconds.labels(tier=self._first_tier).observe(now - self.meter.admission.admitted_s)
+            ttft = now - self.meter.admission.admitted_s
+            metrics.ttft_seconds.labels(tier=self._first_tier).observe(ttft)
+            self.gateway.observe_first_token(ttft * 1000)
         else:
             gap = (now - self._last_token_s) / num_tokens
             for _ in range(num_tokens):
                 metrics.inter_token_seconds.labels(tier="decode").observe(gap)
+            self.gateway.observe_token_gap(gap * 1000, num_tokens)
         self._last_token_s = now
 
     def _final(self) -> GenerationChunk:
@@ -371,21 +372,12 @@ class RequestRun:
             self.meter.finish(FinishReason.CANCELLED, self._now())  # the client went away
         budget_metrics.observe_finished(self.meter)
         metrics.requests_finished_total.labels(reason=self.meter.finish_reason.value).inc()
-        self.gateway.observe_finish(len(self.generated), *self._latencies_ms())
+        self.gateway.observe_finish(len(self.generated), self.limit)
         usage = self.usage()
         self.span.set_attributes({"finish_reason": self.meter.finish_reason.value, "output_tokens": len(self.generated),
                                   "prefill_worker": usage.prefill_worker, "decode_worker": usage.decode_worker,
                                   "kv_recomputed": usage.kv_recomputed, "prefill_skipped": usage.prefill_skipped})
         self.span.end()
-
-    def _latencies_ms(self) -> tuple[float | None, float | None]:
-        """(TTFT, mean inter-token latency) of this request, in ms, None where undefined."""
-        if self._first_token_s is None:
-            return None, None
-        ttft = (self._first_token_s - self.meter.admission.admitted_s) * 1000
-        if len(self.generated) < 2 or self._last_token_s is None:
-            return ttft, None
-        return ttft, (self._last_token_s - self._first_token_s) * 1000 / (len(self.generated) - 1)
 
     def _now(self) -> float:
         return self.gateway.clock()

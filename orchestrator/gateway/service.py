@@ -159,13 +159,24 @@ class Gateway(BaseGateway):
             except Exception as exc:  # the autoscaler misses one second; serving goes on
                 log.warning("gateway: report to the controller failed: %s", exc)
 
-    def observe_arrival(self, num_prompt_tokens: int) -> None:
-        if self._reporter is not None:
-            self._report.arrivals.append((time.time(), num_prompt_tokens))
+    # What the autoscaler sees (only while it runs): RequestRun calls these as the request goes.
 
-    def observe_finish(self, num_output_tokens: int, ttft_ms: float | None, itl_ms: float | None) -> None:
+    def observe_arrival(self, num_prompt_tokens: int, num_output_asked: int) -> None:
         if self._reporter is not None:
-            self._report.finished.append((time.time(), num_output_tokens, ttft_ms, itl_ms))
+            self._report.arrivals.append((time.time(), num_prompt_tokens, num_output_asked))
+
+    def observe_first_token(self, ttft_ms: float) -> None:
+        if self._reporter is not None:
+            self._report.first_tokens.append((time.time(), ttft_ms))
+
+    def observe_token_gap(self, gap_ms: float, num_tokens: int) -> None:
+        if self._reporter is not None:
+            now = time.time()
+            self._report.token_gaps.extend([(now, gap_ms)] * num_tokens)
+
+    def observe_finish(self, num_output_tokens: int, num_output_asked: int) -> None:
+        if self._reporter is not None:
+            self._report.finished.append((time.time(), num_output_tokens, num_output_asked))
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -183,7 +194,7 @@ class Gateway(BaseGateway):
             raise InvalidRequest(f"a request with id {request.request_id!r} is already running: use a new id")
         prompt_ids = self._take_prompt_ids(request)
         meter = self._admit(request, prompt_ids, now)
-        self.observe_arrival(len(prompt_ids))
+        self.observe_arrival(len(prompt_ids), meter.admission.max_output_tokens or request.sampling.max_tokens)
         running = self._running[request.request_id] = Running(request.tenant)
         self.num_requests += 1
         metrics.in_flight_requests.inc()
