@@ -62,15 +62,16 @@ def simulate_report(summary: dict[str, Any], workload_name: str) -> str:
         f"attained by {summary['slo_attainment']:.1%} of requests.",
         _table(rows, ("metric", "value"))]
     if summary.get("budgets_enforced"):
-        parts += ["## Budgets (orchestrator.budget)", f"Finish reasons: {summary.get('finish_reasons')}; "
-                  f"refused by: {summary.get('refused_by') or 'none'}.",
+        reasons = (f"Finish reasons: {summary.get('finish_reasons')}; "
+                   f"refused by: {summary.get('refused_by') or 'none'}.")
+        parts += ["## Budgets (orchestrator.budget)", reasons,
                   _table([(key, summary.get(key)) for key in BUDGET_FIELDS], ("metric", "value"))]
     if "planner" in summary:
         planner = summary["planner"]
-        parts += ["## Planner (orchestrator.planner.decide, every "
-                  f"{planner['interval_s']:g} s)", f"{planner['num_decisions']} decisions; up to "
-                  f"{planner['max_prefill']} prefill and {planner['max_decode']} decode engines; actions per tier: "
-                  f"{planner['actions']}."]
+        title = f"## Planner (orchestrator.planner.decide, every {planner['interval_s']:g} s)"
+        what = (f"{planner['num_decisions']} decisions; up to {planner['max_prefill']} prefill and "
+                f"{planner['max_decode']} decode engines; actions per tier: {planner['actions']}.")
+        parts += [title, what]
     return "\n\n".join(parts + ["Plots: `replicas.png` (engines over time).\n"])
 
 
