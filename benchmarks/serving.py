@@ -1,0 +1,169 @@
+"""Disaggregated vs colocated at equal worker counts, and vLLM's own server, on the same workloads.
+
+    .venv/bin/python benchmarks/serving.py [--requests 120] [--out benchmarks/results/serving]
+
+For each workload, one after the other on this machine (nothing else should run meanwhile):
+1. `pdserve up` (1 prefill + 1 decode vLLM-CPU worker, one core each, KV over ZeroMQ);
+2. `pdserve up --colocated --decode 2` (two ordinary vLLM workers, one core each: the same two workers);
+3. vLLM's own OpenAI server, one engine on both cores (`python -m vllm.entrypoints.openai.api_server`):
+   what a user would run instead of pdserve on this machine.
+each driven by `pdserve bench` (open-loop Poisson arrivals, exact token-id prompts, `ignore_eos` outputs)
+with the same seed, so every system gets the same requests at the same times. Writes each bench report,
+`summary.json` and `summary.md` (TTFT and TPOT p50/p90/p99, throughput, failures, and each system's
+ratios to the colocated run) under `--out`. The default model; the prompts are random token ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+PDSERVE = [str(Path(PYTHON).with_name("pdserve"))]
+WORKLOADS = {
+    # (prompt tokens, output tokens, requests/s): ENVIRONMENT.md's baseline workload, and a prompt-heavy one.
+    "chat-96x24": (96, 24, 4.0),
+    "long-prompt-768x32": (768, 32, 1.0),
+}
+START_TIMEOUT_S = 600
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_pdserve(extra: list[str], workdir: Path) -> tuple[subprocess.Popen, str, list[str]]:
+    ready = workdir / "ready.json"
+    ready.unlink(missing_ok=True)
+    log = open(workdir / "server.log", "w")
+    process = subprocess.Popen([*PDSERVE, "up", "--grpc-port", "0", "--http-port", "0", "--ready-file", str(ready), *extra],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"pdserve up {' '.join(extra)} did not start; see {workdir / 'server.log'}")
+        time.sleep(1)
+    endpoints = json.loads(ready.read_text())
+    return process, endpoints["grpc"], ["--endpoint", "grpc"]
+
+
+def _start_vllm(model_dir: str, workdir: Path) -> tuple[subprocess.Popen, str, list[str]]:
+    port = _free_port()
+    log = open(workdir / "server.log", "w")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    process = subprocess.Popen(
+        [PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name",
+         "smollm2-135m-instruct", "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--max-model-len",
+         "2048", "--block-size", "32", "--enforce-eager", "--disable-log-requests"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM's server did not start; see {workdir / 'server.log'}") from None
+            time.sleep(1)
+    time.sleep(5)  # the port opens a little before the model is loaded
+    return process, f"127.0.0.1:{port}", ["--endpoint", "http"]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _bench(target: str, endpoint: list[str], workload: tuple[int, int, float], requests: int, out: Path) -> dict:
+    prompt, output, rate = workload
+    command = [*PDSERVE, "bench", "--target", target, *endpoint, "--num-requests", str(requests), "--rate", str(rate),
+               "--prompt-tokens", str(prompt), "--output-tokens", str(output), "--seed", "7", "--out", str(out),
+               "--quiet", "--allow-failures"]
+    subprocess.run(command, check=True)
+    return json.loads(out.read_text())
+
+
+def _row(report: dict) -> dict:
+    """The numbers the summary compares, from a bench report's `summary` (fields: docs/bench.md)."""
+    summary = report["summary"]
+    row = {f"{metric}_{q}": (summary.get(metric) or {}).get(q) for metric in ("ttft_ms", "tpot_ms")
+           for q in ("p50", "p90", "p99")}
+    row.update(requests_per_s=summary["throughput"]["requests_per_s"],
+               output_tokens_per_s=summary["throughput"]["output_tokens_per_s"], failed=summary["num_failed"])
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=120, help="requests per workload and system")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="which workloads (comma-separated)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving")
+    args = parser.parse_args(argv)
+    from workers.modelstore import DEFAULT_NAME, resolve
+
+    model_dir = str(resolve(DEFAULT_NAME, pull_missing=True))
+    systems = {
+        "pdserve 1P+1D": lambda d: _start_pdserve([], d),
+        "pdserve colocated x2": lambda d: _start_pdserve(["--colocated", "--decode", "2"], d),
+        "vLLM server (1 engine, 2 cores)": lambda d: _start_vllm(model_dir, d),
+    }
+    summary: dict = {}
+    for workload_name in args.workloads.split(","):
+        workload = WORKLOADS[workload_name]
+        summary[workload_name] = {}
+        for system, start in systems.items():
+            workdir = args.out / workload_name / system.split(" (")[0].replace(" ", "_").replace("+", "")
+            workdir.mkdir(parents=True, exist_ok=True)
+            process, target, endpoint = start(workdir)
+            try:
+                report = _bench(target, endpoint, workload, args.requests, workdir / "bench.json")
+            finally:
+                _stop(process)
+            summary[workload_name][system] = _row(report)
+            print(workload_name, system, summary[workload_name][system], flush=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (args.out / "summary.md").write_text(_markdown(summary, args.requests))
+    print(_markdown(summary, args.requests))
+    return 0
+
+
+def _markdown(summary: dict, requests: int) -> str:
+    lines = []
+    for workload, rows in summary.items():
+        prompt, output, rate = WORKLOADS[workload]
+        lines += [f"**{workload}**: {requests} requests, {prompt}-token prompts, {output} output tokens, Poisson "
+                  f"{rate:g} req/s", "",
+                  "| system | TTFT p50 | TTFT p90 | TTFT p99 | TPOT p50 | TPOT p90 | TPOT p99 | req/s | out tok/s | failed |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for system, row in rows.items():
+            cells = [_fmt(row[k]) for k in ("ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p90",
+                                            "tpot_ms_p99", "requests_per_s", "output_tokens_per_s", "failed")]
+            lines.append(f"| {system} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if isinstance(value, float) and value >= 100 else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main())
