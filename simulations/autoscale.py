@@ -3,13 +3,14 @@ observing the simulated cluster, applied through `orchestrator.actuators.Virtual
 
 Nothing here decides: the policy is the planner's, unchanged. Life of a tick (every
 `config.planner.interval_s` of simulated time, the first one interval after the start):
-1. observe: `ObservationWindow` collects arrivals (prompt lengths), first tokens (cached prompt share)
-   and finishes (output lengths, TTFT, TPOT); with the pools' queues and KV use they become
-   `orchestrator.planner.Observations` the way the live loop (`orchestrator.autoscaler`) builds them:
-   the rate and latencies of the last interval (latencies at the SLO percentile, from requests that
-   finished in it, none below `MIN_LATENCY_SAMPLES`), length distributions of the last
-   `LENGTH_WINDOW_INTERVALS` intervals, the prefill engines' waiting prompts, the decode engines'
-   waiting requests and mean KV usage;
+1. observe: `ObservationWindow` collects what a gateway reports (`orchestrator.autoscaler.GatewayReport`:
+   arrivals with their prompt and asked-for output, first tokens with their TTFT, every inter-token gap
+   as decode steps end, finished requests with what they produced); each tick it goes to the live
+   loop's own `orchestrator.autoscaler.Autoscaler.record`, and `Autoscaler.observe` turns it, with the
+   simulated workers' stats (prefill engines' waiting prompts, decode engines' KV usage) and ready
+   replicas, into `orchestrator.planner.Observations`, exactly as in a running cluster. The gateway's
+   queue depth is the decode engines' waiting requests (the requests a real gateway would hold back
+   while the workers' batches are full);
 2. decide: `decide(observations, profiles, slo, state, planner_config)`: the profiles are what
    `pdserve profile` would measure on the simulated engines (`simulations.profile.profile_of`; a
    `--profile` run gives the planner that very file), the SLO is the simulation's, each worker's power
@@ -21,21 +22,19 @@ Nothing here decides: the policy is the planner's, unchanged. Life of a tick (ev
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections import Counter, deque
+from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 from orchestrator.actuators import VirtualActuator
-from orchestrator.autoscaler import LENGTH_WINDOW_INTERVALS
-from orchestrator.autoscaler import (
-    _percentile as observed_percentile,  # the live loop's own, so both read alike
-)
-from orchestrator.config import PlannerConfig
+from orchestrator.autoscaler import Autoscaler, GatewayReport
+from orchestrator.config import PdserveConfig, PlannerConfig
 from orchestrator.config.planner import SLOConfig
 from orchestrator.errors import ConfigError
 from orchestrator.planner import (
     TIERS,
-    LengthDistribution,
     Observations,
     PlannerProfiles,
     ScalingDecision,
@@ -50,29 +49,32 @@ from simulations.request import SimRequest
 
 
 class ObservationWindow:
-    """Arrivals and finishes the planner may still look at (the cluster calls the `on_*` methods)."""
+    """What a gateway would report since the last tick (the cluster and its engines call the `on_*`
+    methods); `take()` hands it over as a `GatewayReport`."""
 
     def __init__(self) -> None:
-        self.arrivals: deque[tuple[float, int, int]] = deque()  # (time, prompt tokens, declared output tokens)
-        self.finished: deque[tuple[float, int, float, float | None]] = deque()  # (time, output, TTFT ms, TPOT ms)
-        self.prefilled_tokens = 0  # since the last tick
-        self.cached_tokens = 0
+        self.report = GatewayReport()
+        self._asked: dict[int, int] = {}  # output tokens each request asked for, until it finishes
 
     def on_arrival(self, request: SimRequest) -> None:
-        self.arrivals.append((request.arrival_s, request.prompt_tokens, request.output_tokens))
+        self._asked[request.request_id] = request.output_tokens
+        self.report.arrivals.append((request.arrival_s, request.prompt_tokens, request.output_tokens))
 
     def on_first_token(self, request: SimRequest) -> None:
-        self.prefilled_tokens += request.prompt_tokens
-        self.cached_tokens += request.cached_tokens
+        self.report.first_tokens.append((request.first_token_s, request.ttft_s * 1e3))
+
+    def on_token_gaps(self, now: float, count: int, gap_ms: float) -> None:
+        """`count` tokens streamed, `gap_ms` apart (one decode span of an engine)."""
+        self.report.token_gaps.extend(itertools.repeat((now, gap_ms), count))
 
     def on_finish(self, request: SimRequest) -> None:
-        tpot = request.tpot_s * 1e3 if request.output_tokens > 1 else None
-        self.finished.append((request.finish_s, request.output_tokens, request.ttft_s * 1e3, tpot))
+        asked = self._asked.pop(request.request_id, request.output_tokens)
+        self.report.finished.append((request.finish_s, request.output_tokens, asked))
 
-    def forget_before(self, cutoff_s: float) -> None:
-        for records in (self.arrivals, self.finished):
-            while records and records[0][0] < cutoff_s:
-                records.popleft()
+    def take(self, queue_depth: int) -> GatewayReport:
+        report, self.report = self.report, GatewayReport()
+        report.queue_depth = queue_depth
+        return report
 
 
 def planner_config(config: SimConfig, power: PowerModel) -> PlannerConfig:
@@ -105,10 +107,13 @@ class SimPlanner:
         self.actuator = VirtualActuator(config.num_prefill, config.num_decode, start_delay_s=config.worker_start_s)
         self.state = None
         self.window = ObservationWindow()
-        self.last_s = 0.0
-        self._last_prompts = self._last_outputs = LengthDistribution.constant(1.0)
+        self._now = 0.0
+        engine = {"profile": config.profile} if config.timing == "profile" else {}
+        live = PdserveConfig.model_validate({"planner": self.config.model_dump(), "engine": engine})
+        self.loop = Autoscaler(live, self.actuator, lambda: self.actuator.replicas_at(self._now), self._worker_stats,
+                               clock=lambda: self._now)
         self.decisions: list[ScalingDecision] = []
-        cluster.window = self.window
+        cluster.observe_with(self.window)
         cluster.on_tick = self.tick
 
     def _profile(self, tier: str):
@@ -123,41 +128,26 @@ class SimPlanner:
         self.actuator.apply_at(decision, now)
         self._follow(now)
         self.decisions.append(decision)
-        self.window.prefilled_tokens = self.window.cached_tokens = 0
-        self.last_s = now
         return []
 
     # 1. observe ---------------------------------------------------------------------------------
     def observe(self, now: float) -> Observations:
-        """The interval since the last tick, as the live loop observes one."""
-        window, ready, interval = self.window, self.actuator.replicas_at(now), max(now - self.last_s, 1e-9)
-        window.forget_before(now - self.config.interval_s * LENGTH_WINDOW_INTERVALS)
-        prefill = [e for e in self.cluster.pool("prefill") if not e.draining]
+        """The interval since the last tick, observed by the live loop's own code."""
+        self._now = now
         decode = [e for e in self.cluster.pool("decode") if not e.draining]
-        if window.arrivals:
-            self._last_prompts = LengthDistribution.from_samples([p for _, p, _ in window.arrivals])
-        # Before any request finished, the lengths the arrivals asked for (the gateway sees max_tokens).
-        outputs = [o for _, o, _, _ in window.finished] or [max(o, 1) for _, _, o in window.arrivals]
-        if outputs:
-            self._last_outputs = LengthDistribution.from_samples(outputs)
-        finished = [f for f in window.finished if f[0] > self.last_s]
-        percentile = self.config.slo.percentile
-        return Observations(
-            now_s=now,
-            arrival_rate_per_s=sum(1 for a in window.arrivals if a[0] > self.last_s) / interval,
-            prompt_tokens=self._last_prompts,
-            output_tokens=self._last_outputs,
-            num_prefill=ready["prefill"],
-            num_decode=ready["decode"],
-            prefill_queue_depth=sum(1 for e in prefill for r in e.prefill_queue if r.prefill_start_s < 0),
-            decode_queue_depth=sum(len(e.waiting) for e in decode),
-            decode_kv_usage=(min(sum(e.kv_used / e.kv_capacity for e in decode) / len(decode), 1.0)
-                             if decode and all(e.kv_capacity for e in decode) else None),
-            prefill_ttft_ms=observed_percentile([t for _, _, t, _ in finished], percentile),
-            decode_itl_ms=observed_percentile([i for _, _, _, i in finished if i is not None], percentile),
-            prefill_cached_fraction=min(window.cached_tokens / window.prefilled_tokens, 0.99)
-            if window.prefilled_tokens else 0.0,
-        )
+        self.loop.record(self.window.take(queue_depth=sum(len(e.waiting) for e in decode)))
+        return self.loop.observe(now)
+
+    def _worker_stats(self) -> list[SimpleNamespace]:
+        """The simulated workers' stats, shaped as the controller's (`tier`, `engine.num_waiting`, `engine.kv_usage`)."""
+        stats = []
+        for engine in self.cluster.engines.values():
+            if engine.draining or engine.ready_s > self._now:
+                continue
+            waiting = sum(1 for r in engine.prefill_queue if r.prefill_start_s < 0) + len(engine.waiting)
+            usage = min(engine.kv_used / engine.kv_capacity, 1.0) if engine.kv_capacity else 0.0
+            stats.append(SimpleNamespace(tier=engine.tier, engine=SimpleNamespace(num_waiting=waiting, kv_usage=usage)))
+        return stats
 
     # 3. apply -----------------------------------------------------------------------------------
     def _follow(self, now: float) -> None:

@@ -96,6 +96,7 @@ class Cluster:
         self.timeline: list[tuple[float, int, int]] = []
         self.loop = EventLoop()
         self.num_done = 0
+        self.window: object | None = None  # simulations.autoscale.ObservationWindow, when a planner observes
         self._next_id = {"prefill": 0, "decode": 0}
         decode_tier = "colocated" if config.mode == "colocated" else "decode"
         for _ in range(config.num_prefill):
@@ -103,7 +104,6 @@ class Cluster:
         for _ in range(config.num_decode):
             self.add_engine(decode_tier, 0.0, ready_s=0.0)
         self.on_tick: Callable[[float], list[Event]] | None = None
-        self.window: object | None = None  # simulations.autoscale.ObservationWindow, when a planner observes
         self.budgets: SimBudgets | None = None
         if budgets_active(config.budgets, config.budget, self.requests):
             prefill = self.timing["prefill" if config.num_prefill else "decode"]
@@ -121,9 +121,17 @@ class Cluster:
                         kv_load_steps=self.config.decode_kv_load_steps if tier == "decode" else 0,
                         on_idle=self._idle)
         engine.ready_s = now + self.config.worker_start_s if ready_s is None else ready_s
+        if self.window is not None:
+            engine.on_token_gaps = self.window.on_token_gaps  # type: ignore[attr-defined]
         self.engines[worker_id] = engine
         self._record_pools(now)
         return engine
+
+    def observe_with(self, window: object) -> None:
+        """Report arrivals, first tokens, token gaps and finishes to `window` from now on."""
+        self.window = window
+        for engine in self.engines.values():
+            engine.on_token_gaps = window.on_token_gaps  # type: ignore[attr-defined]
 
     def drain_engine(self, worker_id: str, now: float) -> None:
         """Stop routing to an engine; it leaves once its work is done."""

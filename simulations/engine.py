@@ -40,6 +40,8 @@ class Engine:
         self.kv_capacity = timing.kv_capacity_tokens()
         self.kv_load_steps = kv_load_steps
         self._on_prefilled, self._on_finished, self._on_idle = on_prefilled, on_finished, on_idle
+        self.on_token_gaps: Callable[[float, int, float], None] | None = None  # (now, tokens, ms apart), when observed
+        self._step_start_s = started_s
         self.prefill_queue: deque[SimRequest] = deque()
         self.loading: list[list] = []  # [request, step boundaries left] of received requests loading their KV
         self.waiting: deque[SimRequest] = deque()
@@ -225,6 +227,7 @@ class Engine:
                                       len(self.running), self.sum_context) / 1e3
         self.prefill_busy_s += step_s
         self._gen += 1
+        self._step_start_s = now
         self.busy_until_s = now + step_s
         return [(now + step_s, self._chunked_done, self._gen)]
 
@@ -241,6 +244,8 @@ class Engine:
 
     # Step completions --------------------------------------------------------------------------
     def _chunked_done(self, now: float, gen: int) -> list[Event]:
+        if self.on_token_gaps is not None and self.running:
+            self.on_token_gaps(now, len(self.running), (now - self._step_start_s) * 1e3)
         events = self._advance_decode(now, 1)
         for request, take in self._chunks:
             request.prefill_left -= take
@@ -254,9 +259,11 @@ class Engine:
     def _span_done(self, now: float, gen: int) -> list[Event]:
         if gen != self._gen or self._span is None:
             return []  # superseded by a shorter span
-        start, _, _, steps = self._span
+        start, batch, _, steps = self._span
         self._span = None
         self.decode_busy_s += now - start
+        if self.on_token_gaps is not None:
+            self.on_token_gaps(now, batch * steps, (now - start) * 1e3 / steps)
         return self._advance_decode(now, steps) + self._start(now)
 
     def _advance_decode(self, now: float, steps: int) -> list[Event]:

@@ -72,6 +72,12 @@ def test_decisions_come_from_the_live_planner_and_reach_the_cluster(small_config
     assert first.arrival_rate_per_s == pytest.approx(sum(1 for r in chat_workload if r.arrival_s <= 5.0) / 5.0)
     assert seen[1].num_prefill == 2 and seen[1].num_decode == 3  # the engines started 1 s after the decision
     assert planner.actuator.history[0] == (5.0, 2, 3)
+    # the live loop's own observation code sees first tokens and streamed token gaps, interval by interval
+    assert all(o.prefill_ttft_ms is not None for o in seen[:4])
+    assert any(o.decode_itl_ms is not None and o.decode_itl_ms > 0 for o in seen)
+    assert seen[2].output_tokens.mean == pytest.approx(
+        sum(r.output_tokens for r in chat_workload if r.arrival_s <= 15.0) / sum(1 for r in chat_workload
+                                                                               if r.arrival_s <= 15.0), rel=0.01)
     assert len(cluster.pool("prefill")) == 2 and len(cluster.pool("decode")) == 3
 
 
