@@ -6,7 +6,7 @@ vLLM-CPU worker) and in the simulator with that hardware's measured profile; TTF
     .venv/bin/python benchmarks/sim_vs_real.py --replay           # re-simulate the saved reports
 
 Steps:
-1. wait until the machine is quiet (1-minute load average under --max-load; it is shared);
+1. wait until the machine is quiet (other processes under --max-foreign-cores over 10 s; it is shared);
 2. with --measure-profile, `pdserve profile --cpu-cores 1` writes OUT/profile.yaml (else --profile, by
    default the shipped SmolLM2 CPU profile);
 3. `pdserve up --grpc-port 0 --http-port 0 --ready-file OUT/ready.json`, waited for;
@@ -52,15 +52,18 @@ def pdserve(*args: str) -> list[str]:
     return [sys.executable, "-m", "pdserve.cli", *args]
 
 
-def wait_for_quiet(max_load: float, wait_s: float) -> float:
-    """Wait (at most `wait_s`) for the 1-minute load average to fall under `max_load`; returns it."""
+def wait_for_quiet(max_cores: float, wait_s: float) -> float:
+    """Wait (at most `wait_s`) until the machine's other processes use at most `max_cores` cores over
+    10 s (measured from /proc/stat, nothing of this run running yet); returns the last measure."""
     deadline = time.monotonic() + wait_s
     while True:
-        load = os.getloadavg()[0]
-        if load <= max_load or time.monotonic() > deadline:
-            return load
-        print(f"load average {load:.2f} > {max_load}: waiting", file=sys.stderr, flush=True)
-        time.sleep(20)
+        busy0, ours0, t0 = _machine_busy(), _tree_jiffies(os.getpid()), time.time()
+        time.sleep(10)
+        busy1, ours1, t1 = _machine_busy(), _tree_jiffies(os.getpid()), time.time()
+        cores = max((busy1 - busy0) - (ours1 - ours0), 0.0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
+        if cores <= max_cores or time.monotonic() > deadline:
+            return cores
+        print(f"other processes use {cores:.2f} cores > {max_cores}: waiting", file=sys.stderr, flush=True)
 
 
 def run(command: list[str], what: str) -> None:
@@ -100,16 +103,18 @@ class Cluster:
 
 
 class CpuSampler(threading.Thread):
-    """Every second: (wall time, the machine's busy jiffies, this process tree's jiffies), from /proc."""
+    """Every second: (wall time, the machine's busy jiffies, this process tree's jiffies, of which the
+    vLLM engine processes'), from /proc."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.samples: list[tuple[float, float, float]] = []
+        self.samples: list[tuple[float, float, float, float]] = []
         self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.is_set():
-            self.samples.append((time.time(), _machine_busy(), _tree_jiffies(os.getpid())))
+            ours, engines = _tree_jiffies(os.getpid(), split_engines=True)
+            self.samples.append((time.time(), _machine_busy(), ours, engines))
             self._done.wait(1.0)
 
     def stop(self) -> list[tuple[float, float, float]]:
@@ -123,14 +128,17 @@ def _machine_busy() -> float:
     return fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]  # user nice system irq softirq steal
 
 
-def _tree_jiffies(root: int) -> float:
-    """CPU jiffies of `root` and its descendants (reaped children's included, through cutime/cstime)."""
-    parents, jiffies = {}, {}
+def _tree_jiffies(root: int, split_engines: bool = False):
+    """CPU jiffies of `root` and its descendants (reaped children's included, through cutime/cstime);
+    with `split_engines`, also those of the vLLM engine processes among them (titled `VLLM::...`)."""
+    parents, jiffies, engines = {}, {}, set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
+            if split_engines and (entry / "cmdline").read_bytes().startswith(b"VLLM::"):
+                engines.add(int(entry.name))
         except OSError:  # it exited meanwhile
             continue
         fields = stat[stat.rindex(")") + 2:].split()
@@ -139,12 +147,13 @@ def _tree_jiffies(root: int) -> float:
     children: dict[int, list[int]] = {}
     for pid, parent in parents.items():
         children.setdefault(parent, []).append(pid)
-    total, stack = 0.0, [root]
+    total, engine_total, stack = 0.0, 0.0, [root]
     while stack:
         pid = stack.pop()
         total += jiffies.get(pid, 0.0)
+        engine_total += jiffies.get(pid, 0.0) if pid in engines else 0.0
         stack.extend(children.get(pid, ()))
-    return total
+    return (total, engine_total) if split_engines else total
 
 
 def bench(target: str, out: Path, *, num_requests: int, rate: float, prompt: int, output: int, seed: int) -> dict:
@@ -154,8 +163,9 @@ def bench(target: str, out: Path, *, num_requests: int, rate: float, prompt: int
     return json.loads(out.read_text())
 
 
-def measure_profile(profile_path: str) -> list[tuple[float, float, float]]:
+def measure_profile(profile_path: str, args_quiet: tuple[float, float]) -> list:
     """Step 2: `pdserve profile --cpu-cores 1`; returns the CPU samples taken meanwhile."""
+    print(f"other processes use {wait_for_quiet(*args_quiet):.2f} cores", flush=True)
     sampler = CpuSampler()
     sampler.start()
     try:
@@ -167,7 +177,8 @@ def measure_profile(profile_path: str) -> list[tuple[float, float, float]]:
 
 def real_run(args: argparse.Namespace, out: Path, profile_path: str, profile_samples: list) -> dict:
     """Steps 3-6: the cluster, the calibration phase, the workload, the stop. Returns run metadata."""
-    meta: dict = {"load_average_before": os.getloadavg()[0]}
+    meta: dict = {"load_average_before": os.getloadavg()[0],
+                  "foreign_cores_before": wait_for_quiet(args.max_foreign_cores, args.wait_s)}
     if profile_samples:
         load = accuracy.foreign_cores(profile_samples, os.sysconf("SC_CLK_TCK"))
         meta["profile_foreign_cores_mean"] = float(np.mean([cores for _, cores in load])) if load else None
@@ -224,6 +235,10 @@ def compare(args: argparse.Namespace, out: Path, profile_path: str) -> int:
         quiet_note = (f"Foreign load (cores used by processes outside this run) per request: median "
                       f"{np.median(list(foreign.values())):.2f}, max {max(foreign.values()):.2f}; "
                       f"{len(chosen)} of {len(foreign)} requests ran at <= {args.quiet_cores:g}")
+        split = accuracy.cpu_split(meta["cpu_samples"], os.sysconf("SC_CLK_TCK"))
+        if split:
+            quiet_note += (f"; during the run the vLLM engine processes used {split['engines']:.2f} cores, the rest of "
+                           f"the serving stack and the client {split['stack']:.2f}, other processes {split['foreign']:.2f}")
         if meta.get("profile_foreign_cores_mean") is not None:
             quiet_note += f"; while the profile was measured: {meta['profile_foreign_cores_mean']:.2f} on average"
         if len(chosen) >= 10:
@@ -272,7 +287,8 @@ def main() -> int:
     parser.add_argument("--decode-kv-load-steps", type=int, default=1)
     parser.add_argument("--quiet-cores", type=float, default=0.25,
                         help="a request ran on a quiet machine when other processes used at most this many cores")
-    parser.add_argument("--max-load", type=float, default=1.5, help="wait for the load average to fall under this")
+    parser.add_argument("--max-foreign-cores", type=float, default=0.3,
+                        help="before profiling and before the cluster, wait until other processes use at most this")
     parser.add_argument("--wait-s", type=float, default=900.0, help="wait at most this long for a quiet machine")
     parser.add_argument("--start-timeout-s", type=float, default=600.0)
     args = parser.parse_args()
@@ -282,9 +298,8 @@ def main() -> int:
     if args.replay and (out / "run.json").exists() and not args.measure_profile:
         profile_path = json.loads((out / "run.json").read_text()).get("profile") or profile_path  # the run's own
     if not args.replay:
-        load = wait_for_quiet(args.max_load, args.wait_s)
-        print(f"load average {load:.2f}", flush=True)
-        samples = measure_profile(profile_path) if args.measure_profile else []
+        quiet = (args.max_foreign_cores, args.wait_s)
+        samples = measure_profile(profile_path, quiet) if args.measure_profile else []
         real_run(args, out, profile_path, samples)
     return compare(args, out, profile_path)
 

@@ -68,14 +68,25 @@ def predicted_metrics_of(requests: Sequence[SimRequest], indices: set[int]) -> d
                          "tpot_ms": [r.tpot_s * 1e3 for r in chosen if r.output_tokens > 1]})
 
 
-def foreign_cores(samples: Sequence[tuple[float, float, float]], ticks_per_s: float = 100.0) -> list[tuple[float, float]]:
-    """From CPU samples `(wall time s, machine busy jiffies, this run's processes' jiffies)` to
+def foreign_cores(samples: Sequence[Sequence[float]], ticks_per_s: float = 100.0) -> list[tuple[float, float]]:
+    """From CPU samples `(wall time s, machine busy jiffies, this run's processes' jiffies, ...)` to
     `(interval midpoint, cores used by everything else)` per interval."""
     out = []
-    for (t0, busy0, ours0), (t1, busy1, ours1) in itertools.pairwise(samples):
+    for (t0, busy0, ours0, *_), (t1, busy1, ours1, *_) in itertools.pairwise(samples):
         if t1 > t0:
             out.append(((t0 + t1) / 2, max((busy1 - busy0) - (ours1 - ours0), 0.0) / ticks_per_s / (t1 - t0)))
     return out
+
+
+def cpu_split(samples: Sequence[Sequence[float]], ticks_per_s: float = 100.0) -> dict[str, float] | None:
+    """Mean cores over the samples `(wall s, machine busy, this run's, this run's engine processes')`:
+    `engines`, `stack` (the rest of this run: gateway, Ray, client) and `foreign`. None without the split."""
+    if len(samples) < 2 or len(samples[0]) < 4:
+        return None
+    (t0, busy0, ours0, engines0), (t1, busy1, ours1, engines1) = samples[0][:4], samples[-1][:4]
+    seconds = (t1 - t0) * ticks_per_s
+    return {"engines": (engines1 - engines0) / seconds, "stack": ((ours1 - ours0) - (engines1 - engines0)) / seconds,
+            "foreign": max((busy1 - busy0) - (ours1 - ours0), 0.0) / seconds}
 
 
 def foreign_load_per_request(report: dict[str, Any], start_epoch_s: float,

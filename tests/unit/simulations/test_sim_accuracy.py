@@ -106,3 +106,10 @@ def test_subsets_compare_the_same_requests_on_both_sides():
     assert sorted(r.request_id for r in result.requests) == list(range(6))
     predicted = accuracy.predicted_metrics_of(result.requests, odd)
     assert predicted["ttft_ms_p50"] == pytest.approx(result.requests[1].ttft_s * 1e3)
+
+
+def test_cpu_split_separates_engines_stack_and_other_processes():
+    # 10 s at 100 jiffies/s: the machine was busy 1500 jiffies, this run 1200 of them, its engines 1000
+    split = accuracy.cpu_split([(0.0, 0, 0, 0), (5.0, 700, 600, 500), (10.0, 1500, 1200, 1000)], ticks_per_s=100)
+    assert split == {"engines": pytest.approx(1.0), "stack": pytest.approx(0.2), "foreign": pytest.approx(0.3)}
+    assert accuracy.cpu_split([(0.0, 0, 0), (1.0, 1, 1)]) is None  # samples without the engines' share
