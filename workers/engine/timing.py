@@ -67,6 +67,7 @@ from workers.engine.base import (
 )
 from workers.kv.assembler import TransferAssembler
 from workers.kv.transport import KVSenders, KVTransferService, OutgoingFrame, ZmqReceiver, serve_kv_service
+from workers.kv.wire import Payload, payload_parts
 
 log = logging.getLogger(__name__)
 
@@ -291,15 +292,19 @@ class _KVStore:
         """A contiguous copy of some blocks of one layer (a frame's payload)."""
         return self.layers[layer][np.asarray(block_ids)]
 
-    def write(self, layer: int, dest_block_ids: list[int], header: Any, payload: memoryview, first_row: int) -> None:
-        """The assembler's write callback (receiver threads): rows [first_row:] of the payload's blocks."""
+    def write(self, layer: int, dest_block_ids: list[int], header: Any, payload: Payload, first_row: int) -> None:
+        """The assembler's write callback (receiver threads): blocks [first_row:] of the payload (one
+        buffer, or parts that together are the blocks in order) into `dest_block_ids`."""
         target = self.layers[layer]
         shape = tuple(header.shape)
         if header.dtype != "uint8" or shape[1:] != target.shape[1:]:
             raise ValueError(f"KV layout mismatch: sender {header.dtype}{list(shape[1:])} per block, receiver "
                              f"uint8{list(target.shape[1:])} (both engines need the same profile and block size)")
-        blocks = np.frombuffer(payload, dtype=np.uint8).reshape(shape)[first_row:]
-        target[np.asarray(dest_block_ids)] = blocks
+        chunks = [np.frombuffer(part, dtype=np.uint8).reshape(-1, *shape[1:]) for part in payload_parts(payload)]
+        blocks = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        if blocks.shape[0] != shape[0]:
+            raise ValueError(f"KV frame holds {blocks.shape[0]} blocks, its header says {shape[0]}")
+        target[np.asarray(dest_block_ids)] = blocks[first_row:]
 
 
 class _WakingAssembler(TransferAssembler):
@@ -309,7 +314,7 @@ class _WakingAssembler(TransferAssembler):
         super().__init__(write, timeout_s=timeout_s)
         self._wake = wake
 
-    def on_frame(self, header: Any, payload: memoryview) -> None:
+    def on_frame(self, header: Any, payload: Payload) -> None:
         try:
             super().on_frame(header, payload)
         finally:
