@@ -6,7 +6,7 @@ Nothing here decides: the policy is the planner's, unchanged. Life of a tick (ev
 1. observe: `ObservationWindow` collects what a gateway reports (`orchestrator.autoscaler.GatewayReport`:
    arrivals with their prompt and asked-for output, first tokens with their TTFT, every inter-token gap
    as decode steps end, finished requests with what they produced); each tick it goes to the live
-   loop's own `orchestrator.autoscaler.Autoscaler.record`, and `Autoscaler.observe` turns it, with the
+   loop's own `orchestrator.autoscaler.Observer.record`, and `Observer.observe` turns it, with the
    simulated workers' stats (prefill engines' waiting prompts, decode engines' KV usage) and ready
    replicas, into `orchestrator.planner.Observations`, exactly as in a running cluster. The gateway's
    queue depth is the decode engines' waiting requests (the requests a real gateway would hold back
@@ -29,8 +29,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from orchestrator.actuators import VirtualActuator
-from orchestrator.autoscaler import Autoscaler, GatewayReport
-from orchestrator.config import PdserveConfig, PlannerConfig
+from orchestrator.autoscaler import GatewayReport, Observer
+from orchestrator.config import PlannerConfig
 from orchestrator.config.planner import SLOConfig
 from orchestrator.errors import ConfigError
 from orchestrator.planner import (
@@ -108,10 +108,7 @@ class SimPlanner:
         self.state = None
         self.window = ObservationWindow()
         self._now = 0.0
-        engine = {"profile": config.profile} if config.timing == "profile" else {}
-        live = PdserveConfig.model_validate({"planner": self.config.model_dump(), "engine": engine})
-        self.loop = Autoscaler(live, self.actuator, lambda: self.actuator.replicas_at(self._now), self._worker_stats,
-                               clock=lambda: self._now)
+        self.observer = Observer(self.config)
         self.decisions: list[ScalingDecision] = []
         cluster.observe_with(self.window)
         cluster.on_tick = self.tick
@@ -135,8 +132,8 @@ class SimPlanner:
         """The interval since the last tick, observed by the live loop's own code."""
         self._now = now
         decode = [e for e in self.cluster.pool("decode") if not e.draining]
-        self.loop.record(self.window.take(queue_depth=sum(len(e.waiting) for e in decode)))
-        return self.loop.observe(now)
+        self.observer.record(self.window.take(queue_depth=sum(len(e.waiting) for e in decode)))
+        return self.observer.observe(now, self.actuator.replicas_at(now), self._worker_stats())
 
     def _worker_stats(self) -> list[SimpleNamespace]:
         """The simulated workers' stats, shaped as the controller's (`tier`, `engine.num_waiting`, `engine.kv_usage`)."""

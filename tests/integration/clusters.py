@@ -11,6 +11,7 @@ from typing import Any
 
 KV_TIMEOUT_S = 3.0  # a dropped transfer is recomputed after this long
 MAX_MODEL_LEN = 2048
+KV_CACHE_GIB = 0.25  # per engine: room for the tests' requests; up to six engines live at once on 24 GB
 
 
 class LoopThread:
@@ -36,7 +37,7 @@ def cluster_config(**overrides: Any) -> Any:
     from orchestrator.config import load_config
 
     base = {"server.grpc_port": 0, "server.http_port": 0, "kv.timeout_s": KV_TIMEOUT_S,
-            "model.max_model_len": MAX_MODEL_LEN}
+            "model.max_model_len": MAX_MODEL_LEN, "engine.kv_cache_gib": KV_CACHE_GIB}
     return load_config(None, {**base, **overrides})
 
 
@@ -91,8 +92,8 @@ class ReferenceEngine:
         self.loop = LoopThread()
         previous = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0"
-        self.engine = VllmEngine(model_dir, ModelConfig(max_model_len=MAX_MODEL_LEN, dtype=dtype), EngineConfig(),
-                                 worker_id=f"reference-{dtype}")
+        self.engine = VllmEngine(model_dir, ModelConfig(max_model_len=MAX_MODEL_LEN, dtype=dtype),
+                                 EngineConfig(kv_cache_gib=KV_CACHE_GIB), worker_id=f"reference-{dtype}")
         try:
             self.loop.run(self.engine.start())
         finally:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -127,8 +126,8 @@ class VllmEngine(BaseEngine):
         )
         if _on_gpu():
             args["gpu_memory_utilization"] = config.gpu_memory_utilization
-        else:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(config.kv_cache_gib)))
+        elif not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):  # vLLM's own variable, when set, wins (whole GiB)
+            args["kv_cache_memory_bytes"] = int(config.kv_cache_gib * (1 << 30))
         if self._kv is not None:
             args["kv_transfer_config"] = KVTransferConfig(
                 kv_connector=CONNECTOR, kv_connector_module_path=CONNECTOR_MODULE, kv_role="kv_both",
