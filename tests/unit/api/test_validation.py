@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from orchestrator.api.validation import InvalidField, validate_request
+from orchestrator.api.validation import validate_request
 from orchestrator.config.server import ServerConfig
 from orchestrator.errors import InvalidRequest, ModelNotFound
 from orchestrator.gateway.base import ModelInfo
