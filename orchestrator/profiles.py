@@ -52,7 +52,9 @@ from orchestrator.errors import ConfigError
 PROFILE_VERSION = 1
 MIN_POINTS = 3
 DEFAULT_NUM_LAYERS = 32  # a typical depth, when a profile does not say how many layers its KV spans
-EXAMPLE_PROFILE = Path(__file__).resolve().parent / "data" / "profiles" / "smollm2-135m-cpu.yaml"
+EXAMPLE_PROFILE = Path(__file__).resolve().parent / "data" / "profiles" / "smollm2-135m-cpu.yaml"  # measured
+# Synthetic SmolLM2-shaped points that stay fixed when the example is re-measured (for tests tuned on them).
+SYNTHETIC_PROFILE = EXAMPLE_PROFILE.with_name("smollm2-135m-cpu-synthetic.yaml")
 
 
 # --- the file format (pydantic: validation and clear errors) -------------------------------------------
@@ -418,6 +420,7 @@ __all__ = [
     "DEFAULT_NUM_LAYERS",
     "EXAMPLE_PROFILE",
     "PROFILE_VERSION",
+    "SYNTHETIC_PROFILE",
     "DecodeCoefficients",
     "DecodePoint",
     "EngineProfile",
