@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from orchestrator.errors import ConfigError
-from orchestrator.profiles import DEFAULT_NUM_LAYERS, EngineProfile, HardwareInfo
+from orchestrator.profiles import DEFAULT_NUM_LAYERS, EXAMPLE_PROFILE, SYNTHETIC_PROFILE, EngineProfile, HardwareInfo
 from pdserve.cli import main
 from workers.engine.base import EngineOutput
 from workers.profiling import ProfileGrid, ProfileTarget, describe_cpu, parse_cores, profile_engine
@@ -146,3 +146,10 @@ def test_cores_and_hardware_description():
     hardware = describe_cpu([1], "vLLM test")
     assert (hardware.name, hardware.kind, hardware.count) == ("cpu-1core", "cpu", 1)
     assert "core(s) 1" in hardware.description and "vLLM test" in hardware.description
+
+
+def test_the_shipped_profiles_load():
+    measured, synthetic = EngineProfile.load(EXAMPLE_PROFILE), EngineProfile.load(SYNTHETIC_PROFILE)
+    assert measured.model == synthetic.model == "smollm2-135m-instruct"
+    assert "SYNTHETIC" not in measured.hardware.description and "SYNTHETIC" in synthetic.hardware.description
+    assert measured.num_kv_layers == 30 and measured.kv_bytes_per_token_per_layer == 768  # SmolLM2: 30 layers
