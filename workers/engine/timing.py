@@ -310,8 +310,8 @@ class _KVStore:
 class _WakingAssembler(TransferAssembler):
     """The transport-side assembler, waking the step loop when a frame or an abort arrives."""
 
-    def __init__(self, write: Any, wake: Callable[[], None], *, timeout_s: float) -> None:
-        super().__init__(write, timeout_s=timeout_s)
+    def __init__(self, write: Any, wake: Callable[[], None], *, timeout_s: float, max_stash_bytes: int) -> None:
+        super().__init__(write, timeout_s=timeout_s, max_stash_bytes=max_stash_bytes)
         self._wake = wake
 
     def on_frame(self, header: Any, payload: Payload) -> None:
@@ -388,7 +388,7 @@ class _PushSpan:
 class TimingEngine(BaseEngine):
     """A weightless engine that keeps a real engine's schedule and KV traffic (see the module docstring).
 
-    `kv` set (disaggregated; `host`, `timeout_s`): the engine receives KV on a ZeroMQ socket and a gRPC
+    `kv` set (disaggregated; `host`, `timeout_s`, `max_stash_bytes`): the engine receives KV on a ZeroMQ socket and a gRPC
     server (data and control) and sends by each push's endpoint; None (colocated): no KV moves and no
     cache is mapped. A push's `fault` (chaos tests) corrupts its first frame or drops its frames.
     `profile` overrides `engine.profile`; `clock` and `sleep` are how steps keep time (tests pass a
@@ -461,7 +461,8 @@ class TimingEngine(BaseEngine):
                 loop.call_soon_threadsafe(self._wake.set)
 
         host = self._kv.get("host", "127.0.0.1")
-        self._assembler = _WakingAssembler(self._store.write, wake, timeout_s=float(self._kv.get("timeout_s", 10.0)))
+        self._assembler = _WakingAssembler(self._store.write, wake, timeout_s=float(self._kv.get("timeout_s", 10.0)),
+                                           max_stash_bytes=int(self._kv.get("max_stash_bytes", 1 << 30)))
         receiver = ZmqReceiver(self._assembler, host, 0)
         self._closers.append(receiver.close)
         self._sender = KVSenders()
