@@ -2,10 +2,11 @@
 
 import pytest
 
-from orchestrator.profiles import EXAMPLE_PROFILE, EngineProfile
+from orchestrator.profiles import SYNTHETIC_PROFILE, EngineProfile
 
 
 @pytest.fixture(scope="session")
 def profile() -> EngineProfile:
-    """The example SmolLM2-135M CPU profile."""
-    return EngineProfile.load(EXAMPLE_PROFILE)
+    """The synthetic SmolLM2-135M CPU profile the scenarios were written against (decode step time grows
+    with the batch, so decode sizing has something to decide)."""
+    return EngineProfile.load(SYNTHETIC_PROFILE)
