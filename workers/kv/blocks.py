@@ -30,6 +30,7 @@ from workers.kv.wire import Header, Payload, payload_parts
 
 
 MAX_ZERO_COPY_PARTS = 2
+MAX_LAYOUTS = 4096
 
 
 def runs(block_ids: Sequence[int]) -> list[tuple[int, int]]:
@@ -69,28 +70,66 @@ def write_blocks(layer_view: torch.Tensor, dest_block_ids: Sequence[int], header
     and once while it is hot in cache (the checksum), not twice cold: a copy that does not match its
     header fails the transfer, and the engine recomputes into fresh blocks. Raises ValueError when the
     sender's per-block layout or dtype differs from this cache's (another model, block size or TP)."""
-    shape = tuple(header.shape)
-    if shape[1:] != tuple(layer_view.shape[1:]) or header.dtype != str(layer_view.dtype).removeprefix("torch."):
-        raise ValueError(f"KV layout mismatch: sender {header.dtype}{list(shape[1:])} per block, "
-                         f"receiver {layer_view.dtype}{list(layer_view.shape[1:])} (same model, block size and TP needed)")
-    if len(dest_block_ids) != shape[0] - first_row:
-        raise ValueError(f"frame has {shape[0] - first_row} blocks past row {first_row}, "
-                         f"{len(dest_block_ids)} destinations")
-    host = _in_place_ok(layer_view)
-    if host:  # host memory: copy bytes with numpy (a memcpy per run, no torch op overhead)
-        target: Any = layer_view.view(torch.uint8).numpy().reshape(layer_view.shape[0], -1)
-        chunks: list[Any] = _byte_chunks(payload, target.shape[1], shape[0])
-    else:
-        target, chunks = layer_view, [c.to(layer_view.device) for c in _block_chunks(payload, layer_view.dtype, shape)]
-    digest = xxhash.xxh3_64() if host else None
-    if digest is not None and first_row:  # rows the receiver already holds count in the checksum too
-        remaining = first_row
+    return _layout(layer_view).write(dest_block_ids, header, payload, first_row)
+
+
+class _Layout:
+    """What `write_blocks` needs to know about one layer's cache, computed once per cache tensor."""
+
+    def __init__(self, layer_view: torch.Tensor) -> None:
+        self.view = layer_view
+        self.per_block = tuple(layer_view.shape[1:])
+        self.dtype = str(layer_view.dtype).removeprefix("torch.")
+        self.host = _in_place_ok(layer_view)
+        self.target = layer_view.view(torch.uint8).numpy().reshape(layer_view.shape[0], -1) if self.host else None
+
+    def write(self, dest_block_ids: Sequence[int], header: Header, payload: Payload, first_row: int) -> int | None:
+        shape = tuple(header.shape)
+        if shape[1:] != self.per_block or header.dtype != self.dtype:
+            raise ValueError(f"KV layout mismatch: sender {header.dtype}{list(shape[1:])} per block, "
+                             f"receiver {self.dtype}{list(self.per_block)} (same model, block size and TP needed)")
+        if len(dest_block_ids) != shape[0] - first_row:
+            raise ValueError(f"frame has {shape[0] - first_row} blocks past row {first_row}, "
+                             f"{len(dest_block_ids)} destinations")
+        if not self.host:
+            chunks = [c.to(self.view.device) for c in _block_chunks(payload, self.view.dtype, shape)]
+            _copy_rows(self.view, chunks, dest_block_ids, first_row)
+            return None
+        chunks = _byte_chunks(payload, self.target.shape[1], shape[0])
+        destination = runs(dest_block_ids)
+        digest = xxhash.xxh3_64()
+        remaining = first_row  # rows the receiver already holds count in the checksum too
         for chunk in chunks:
+            if not remaining:
+                break
             take = min(remaining, chunk.shape[0])
             digest.update(chunk[:take])
             remaining -= take
-            if not remaining:
-                break
+        if len(chunks) == 1 and len(destination) == 1:  # the usual frame: one memcpy
+            first, count = destination[0]
+            self.target[first:first + count] = chunks[0][first_row:]
+        else:
+            _copy_rows(self.target, chunks, dest_block_ids, first_row)
+        for first, count in destination:
+            digest.update(self.target[first:first + count])
+        return digest.intdigest()
+
+
+_LAYOUTS: dict[tuple[int, tuple[int, ...], tuple[int, ...]], _Layout] = {}
+
+
+def _layout(layer_view: torch.Tensor) -> _Layout:
+    key = (layer_view.data_ptr(), tuple(layer_view.shape), tuple(layer_view.stride()))
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        if len(_LAYOUTS) >= MAX_LAYOUTS:  # an engine has one per layer; only tests make many caches
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[key] = _Layout(layer_view)
+    return layout
+
+
+def _copy_rows(target: Any, chunks: list[Any], dest_block_ids: Sequence[int], first_row: int) -> None:
+    """Copy the chunks' rows from `first_row` on into `dest_block_ids` of `target`, run by run."""
     sources = _rows(chunks, first_row)
     for first, count in runs(dest_block_ids):
         while count:
@@ -100,11 +139,6 @@ def write_blocks(layer_view: torch.Tensor, dest_block_ids: Sequence[int], header
             if take < available:
                 sources = itertools.chain([(chunk, start + take, available - take)], sources)
             first, count = first + take, count - take
-    if digest is None:
-        return None
-    for first, count in runs(dest_block_ids):
-        digest.update(target[first:first + count])
-    return digest.intdigest()
 
 
 def _in_place_ok(layer_view: torch.Tensor) -> bool:

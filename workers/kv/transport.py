@@ -383,12 +383,12 @@ class ZmqReceiver:
         self._thread.start()
 
     def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
+        self._socket.setsockopt(zmq.RCVTIMEO, 100)  # wake up to notice close(), without a poll per message
         while not self._stop.is_set():
-            if not poller.poll(100):
+            try:
+                parts = self._socket.recv_multipart(copy=False)
+            except zmq.Again:
                 continue
-            parts = self._socket.recv_multipart(copy=False)
             if len(parts) < 2:
                 log.warning("KV receiver: dropped a message of %d parts (expected a header and a payload)", len(parts))
                 continue
