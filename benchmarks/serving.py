@@ -64,7 +64,7 @@ def _start_vllm(model_dir: str, workdir: Path) -> tuple[subprocess.Popen, str, l
     process = subprocess.Popen(
         [PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name",
          "smollm2-135m-instruct", "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--max-model-len",
-         "2048", "--block-size", "32", "--enforce-eager", "--disable-log-requests"],
+         "2048", "--block-size", "32", "--enforce-eager"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
