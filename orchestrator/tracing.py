@@ -30,6 +30,7 @@ TRACER_NAME = "pdserve"
 Exporter = Literal["otlp", "console", "none"]
 
 _provider: TracerProvider | None = None
+_provider_key: tuple[Any, ...] | None = None
 
 
 def setup_tracing(
@@ -39,13 +40,17 @@ def setup_tracing(
     protocol: Literal["grpc", "http"] = "grpc",
     span_exporter: SpanExporter | None = None,
 ) -> TracerProvider:
-    """Install this process's tracer provider (idempotent: a second call returns the first provider).
+    """Install this process's tracer provider and return it.
 
-    `span_exporter` overrides `exporter` (tests pass an in-memory exporter). Returns the provider.
+    Idempotent: called again with the same arguments, it returns the provider it installed. Called
+    with other arguments (a process that serves a second cluster, with another exporter), it flushes and
+    shuts down the first provider and installs the new one: the last configuration wins, rather than
+    the first one silently. `span_exporter` overrides `exporter` (tests pass an in-memory exporter).
     Raises ConfigError on an unknown exporter or protocol, or when the OTLP exporter is not installed.
     """
-    global _provider
-    if _provider is not None:
+    global _provider, _provider_key
+    key = (service_name, exporter, endpoint, protocol, id(span_exporter) if span_exporter is not None else None)
+    if _provider is not None and key == _provider_key:
         return _provider
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     if span_exporter is not None:
@@ -56,8 +61,11 @@ def setup_tracing(
         provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(endpoint, protocol)))
     elif exporter != "none":
         raise ConfigError(f"unknown tracing exporter {exporter!r}: use otlp, console or none")
-    trace.set_tracer_provider(provider)
-    _provider = provider
+    if _provider is None:
+        trace.set_tracer_provider(provider)  # OpenTelemetry's global can be set once; `tracer()` reads ours
+    else:
+        _provider.shutdown()
+    _provider, _provider_key = provider, key
     return provider
 
 
@@ -82,8 +90,9 @@ def shutdown_tracing() -> None:
 
 
 def tracer(name: str = TRACER_NAME) -> trace.Tracer:
-    """The tracer to open spans with (a no-op tracer until `setup_tracing` ran)."""
-    return trace.get_tracer(name)
+    """The tracer to open spans with, from the provider `setup_tracing` installed last (a no-op tracer
+    before it ran)."""
+    return _provider.get_tracer(name) if _provider is not None else trace.get_tracer(name)
 
 
 def inject_context(carrier: dict[str, str] | None = None) -> dict[str, str]:

@@ -29,8 +29,10 @@ def test_trace_context_crosses_a_remote_call():
 
     from orchestrator import tracing
 
+    first = tracing.setup_tracing("pdserve-first")
     provider = tracing.setup_tracing("pdserve-test")
-    assert tracing.setup_tracing("other") is provider  # idempotent: one provider per process
+    assert provider is not first  # another configuration replaces the first: the last one wins
+    assert tracing.setup_tracing("pdserve-test") is provider  # the same configuration again: idempotent
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
 
@@ -44,6 +46,7 @@ def test_trace_context_crosses_a_remote_call():
         actor_side(dict(carrier))
     provider.force_flush()
     spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert spans["request"].resource.attributes["service.name"] == "pdserve-test"
     assert spans["prefill"].context.trace_id == root.get_span_context().trace_id
     assert spans["prefill"].parent.span_id == root.get_span_context().span_id
     assert spans["prefill"].attributes["tier"] == "prefill"
