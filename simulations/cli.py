@@ -39,6 +39,39 @@ def add_workload_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0)
 
 
+def add_timing_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("step times (default: roofline)")
+    group.add_argument("--profile", help="measured profile file from `pdserve profile`")
+    group.add_argument("--coefficients", help="six numbers: prefill a,b,c and decode a,b,c (ms)")
+    group.add_argument("--kv-tokens", type=int, help="KV capacity per engine in tokens (profile/coefficients timing)")
+
+
+def timing_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The SimConfig fields the step-time flags select (empty: roofline). With --profile, the profile's
+    model becomes the default --model. Raises ConfigError on a bad file or bad coefficients."""
+    if args.profile and args.coefficients:
+        raise ConfigError("give --profile or --coefficients, not both")
+    if args.kv_tokens is not None and not (args.profile or args.coefficients):
+        raise ConfigError("--kv-tokens applies to --profile or --coefficients timing (the roofline sizes the KV cache "
+                          "from the model and the accelerator)")
+    if args.profile:
+        from simulations.models import ALIASES, CATALOGUE
+        from simulations.profile import load_profile
+        profile = load_profile(args.profile, args.kv_tokens)
+        model = ALIASES.get(profile.model, profile.model)
+        return {"timing": "profile", "profile": args.profile, "kv_tokens": args.kv_tokens,
+                "default_model": model if model in CATALOGUE else None}
+    if args.coefficients:
+        try:
+            values = tuple(float(v) for v in args.coefficients.replace(",", " ").split())
+        except ValueError:
+            raise ConfigError(f"--coefficients must be six numbers, got {args.coefficients!r}") from None
+        if len(values) != 6:
+            raise ConfigError(f"--coefficients needs six numbers (prefill a,b,c, decode a,b,c), got {len(values)}")
+        return {"timing": "coefficients", "coefficients": values, "kv_tokens": args.kv_tokens}
+    return {}
+
+
 def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster and models")
     group.add_argument("--model", help="model shape (unknown names list the valid ones; default: the --profile's "

@@ -21,7 +21,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from simulations.cli import add_cluster_args, add_workload_args
+    from simulations.cli import add_cluster_args, add_timing_args, add_workload_args
     parser = subparsers.add_parser("simulate", help="simulate a cluster on a trace or synthetic workload",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     pools = parser.add_argument_group("pools")
@@ -37,10 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pools.add_argument("--planner-interval-s", type=float, help="planner tick period (default: the planner config's)")
     pools.add_argument("--max-replicas", type=int, help="most workers per tier the planner asks for")
     pools.add_argument("--worker-start-s", type=float, default=60.0, help="time a new engine takes to be ready")
-    timing = parser.add_argument_group("step times (default: roofline)")
-    timing.add_argument("--profile", help="measured profile file from `pdserve profile`")
-    timing.add_argument("--coefficients", help="six numbers: prefill a,b,c and decode a,b,c (ms)")
-    timing.add_argument("--kv-tokens", type=int, help="KV capacity per engine in tokens (profile/coefficients timing)")
+    add_timing_args(parser)
     add_workload_args(parser)
     add_cluster_args(parser)
     parser.add_argument("--out", help="folder for summary.json, report.md and plots")
@@ -59,27 +56,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
-def _timing_changes(args: argparse.Namespace) -> dict:
-    if args.profile and args.coefficients:
-        raise ConfigError("give --profile or --coefficients, not both")
-    if args.profile:
-        from simulations.models import ALIASES, CATALOGUE
-        from simulations.profile import load_profile
-        profile = load_profile(args.profile, args.kv_tokens)
-        model = ALIASES.get(profile.model, profile.model)
-        return {"timing": "profile", "profile": args.profile, "kv_tokens": args.kv_tokens,
-                "default_model": model if model in CATALOGUE else None}
-    if args.coefficients:
-        try:
-            values = tuple(float(v) for v in args.coefficients.replace(",", " ").split())
-        except ValueError:
-            raise ConfigError(f"--coefficients must be six numbers, got {args.coefficients!r}") from None
-        if len(values) != 6:
-            raise ConfigError(f"--coefficients needs six numbers (prefill a,b,c, decode a,b,c), got {len(values)}")
-        return {"timing": "coefficients", "coefficients": values, "kv_tokens": args.kv_tokens}
-    return {}
-
-
 def _planner_changes(args: argparse.Namespace) -> dict:
     from orchestrator.config import PlannerConfig
     from simulations.cli import load_section
@@ -95,14 +71,14 @@ def _planner_changes(args: argparse.Namespace) -> dict:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulations.cli import Progress, base_config, build_workload
+    from simulations.cli import Progress, base_config, build_workload, timing_changes
     from simulations.report import write_simulation
     from simulations.run import simulate
 
     changes = dict(mode="colocated" if args.colocated else "disaggregated",
                    num_prefill=0 if args.colocated else args.prefill, num_decode=args.decode,
                    prefill_tp=args.prefill_tp, decode_tp=args.decode_tp, autoscale=args.autoscale, max_gpus=args.max_gpus,
-                   **_timing_changes(args), **_planner_changes(args))
+                   **timing_changes(args), **_planner_changes(args))
     config = base_config(args, **changes)
     workload, name = build_workload(args)
     progress = Progress(workload[-1].arrival_s, "sim-s", not args.no_progress and len(workload) > 2000)
