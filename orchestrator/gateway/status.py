@@ -3,7 +3,8 @@
     {"model", "ready", "mode": "disaggregated" | "colocated",
      "pools": {"prefill" | "decode": {"desired_replicas", "actual_replicas", "workers": [
          {"id", "tier", "state", "healthy", "num_running", "num_waiting", "kv_usage", "num_free_blocks",
-          "num_total_blocks", "kv_endpoint", "kv_endpoints", "num_handoffs"}]}},
+          "num_total_blocks", "kv_endpoint", "kv_endpoints", "num_handoffs", "block_size",
+          "kv_bytes_per_token", "max_model_len"}]}},
      "transfers": {"recent_gb_per_s", "transfer_gb_per_s", "bytes_total", "num_completed", "num_recomputed"},
      "requests": {"in_flight", "queued", "total"},
      "planner": {"enabled", "prefill_replicas", "decode_replicas", "last_reasons"}}
@@ -34,6 +35,10 @@ def worker_entry(view: WorkerView, transport: str) -> dict[str, Any]:
         "num_handoffs": view.stats.num_handoffs if view.stats is not None else 0,
         "kv_endpoint": endpoints.get(transport, ""),  # where it receives KV over the configured transport
         "kv_endpoints": endpoints,
+        # The engine's shape (what `pdserve profile --target` needs to describe the cluster as a profile).
+        "block_size": view.info.block_size if view.info is not None else 0,
+        "kv_bytes_per_token": view.info.kv_bytes_per_token if view.info is not None else 0,
+        "max_model_len": view.info.max_model_len if view.info is not None else 0,
     }
 
 

@@ -6,6 +6,12 @@ weights, prefix caching off so that every prompt is computed); 2. `workers.profi
 measures prefill and decode points through the engine interface, with a progress bar on stderr;
 3. the fitted profile is saved to `--out` (YAML, or JSON for a `.json` name) and summarised on stdout;
 4. the engine is shut down.
+
+With `--target HOST:PORT` nothing is started: `ClusterEngine` presents a running pdserve (its gRPC API)
+as the engine, so the same measurements time the whole serving path as a client sees it (the gateway,
+Ray, the prefill engine, the KV hand-off, the decode engine, and whatever else shares their machines).
+That is the profile to simulate a cluster with when its engines do not have their hardware to
+themselves, as on a small CPU host (docs/simulator.md, Accuracy).
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import asyncio
 import json
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +34,14 @@ EXAMPLES = """examples:
   pdserve profile --model ~/models/my-llama --max-model-len 4096 --out llama.yaml
   pdserve profile --engine timing --profile smollm2-cpu.yaml --out replay.yaml   # the timing engine (a check)
   pdserve profile --prompt-lengths 32,128,512 --decode-batches 1,4,16 --decode-contexts 64,512 --out quick.yaml
+  pdserve profile --target 127.0.0.1:50051 --out served.yaml  # a running cluster, through its API
 
 exit codes: 0 written, 1 the engine or the measurement failed, 2 bad flags"""
+
+
+# Through a cluster a decode point's requests join the batch one hand-off after another: more steps
+# keep the median step to those with the whole batch.
+CLUSTER_DECODE_STEPS = 16
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--kv-cache-gib", type=float, metavar="GIB", help="KV cache space (CPU; default: the config's 1 GiB)")
     parser.add_argument("--cpu-cores", metavar="LIST", help="bind the vLLM-CPU engine to these cores, e.g. 1 or 0-3 "
                                                             "(a worker's engine gets pools.cpus_per_worker cores)")
+    parser.add_argument("--target", metavar="HOST:PORT", help="measure a running pdserve through its gRPC API instead "
+                                                              "of starting an engine (decode steps default to 16)")
+    parser.add_argument("--api-key", default=os.environ.get("PDSERVE_API_KEY"), metavar="KEY",
+                        help="with --target: the API key (default: $PDSERVE_API_KEY)")
     grid = parser.add_argument_group("what to measure (defaults: about a minute for SmolLM2-135M on one CPU core)")
     grid.add_argument("--prompt-lengths", metavar="LIST", help="TTFT prompt lengths (default: 32,64,128,256,512,1024)")
     grid.add_argument("--prefill-batches", metavar="LIST", help="prompts x length computed together (default: 4x64,4x256,8x128)")
@@ -83,13 +100,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         grid = _grid(args)
         setup = _setup(args)
+        if setup.kind == "cluster" and args.decode_steps is None:
+            from dataclasses import replace
+            grid = replace(grid, decode_steps=CLUSTER_DECODE_STEPS)
     except (ValueError, PdserveError) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return EXIT_USAGE if not isinstance(exc, PdserveError) or exc.caller else EXIT_FAILED
+    from pdserve.errors import PdserveError as ClientError
     try:
         profile = asyncio.run(_measure(setup, grid, args))
         profile.save(args.out)
-    except (EngineError, PdserveError) as exc:  # the engine, too few points to fit, or the file
+    except (EngineError, PdserveError, ClientError) as exc:  # the engine or cluster, too few points, the file
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return EXIT_FAILED
     print(_summary(profile, args.out))
@@ -140,6 +161,16 @@ def _setup(args: argparse.Namespace) -> _Setup:
     from orchestrator.profiles import EngineProfile
 
     changes: dict[str, Any] = {"kv_cache_gib": args.kv_cache_gib} if args.kv_cache_gib else {}
+    if args.target:
+        given = [flag for flag, value in (("--engine timing", args.engine == "timing"), ("--profile", args.profile),
+                                          ("--cpu-cores", args.cpu_cores), ("--kv-cache-gib", args.kv_cache_gib))
+                 if value]
+        if given:
+            raise ValueError(f"--target measures a running cluster as it is: {', '.join(given)} "
+                             "shape an engine this command starts, drop them")
+        engine = EngineConfig(kind="vllm")
+        return _Setup("cluster", ModelConfig(name=args.model, max_model_len=args.max_model_len), engine, "",
+                      max(engine.max_num_batched_tokens, args.max_model_len), None)
     if args.engine == "timing":
         if not args.profile:
             raise ValueError("--engine timing needs --profile FILE: the profile the timing engine replays")
@@ -179,6 +210,8 @@ async def _measure(setup: _Setup, grid: Any, args: argparse.Namespace) -> Any:
     engine, hardware = _build_engine(setup, args)
     try:
         info = await engine.start()
+        if setup.kind == "cluster":
+            hardware, setup = engine.hardware, replace(setup, label=engine.model)
         num_layers = setup.num_layers
         if num_layers and info.kv_bytes_per_token % num_layers:
             num_layers = None  # the file would refuse it; the layer split only shapes the timing engine's frames
@@ -195,6 +228,8 @@ def _build_engine(setup: _Setup, args: argparse.Namespace) -> tuple[Any, Any]:
     from workers import profiling
 
     note = f"; {args.description}" if args.description else ""
+    if setup.kind == "cluster":
+        return ClusterEngine(args.target, api_key=args.api_key, note=note), None
     if setup.kind == "timing":
         from workers.engine.timing import TimingEngine
 
@@ -214,6 +249,62 @@ def _build_engine(setup: _Setup, args: argparse.Namespace) -> tuple[Any, Any]:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.cpu_cores  # read when the EngineCore process starts
         hardware = profiling.describe_cpu(cores, what)
     return VllmEngine(setup.model_dir, setup.model, setup.engine, worker_id="profile", kv=None), hardware
+
+
+class ClusterEngine:
+    """A running pdserve seen through its gRPC API as one engine, for `profile_engine` (`--target`).
+
+    `start()` reads the cluster's status and models: the engine shape (block size, KV bytes per token,
+    context length; KV capacity: the smallest decode worker's) and a hardware description naming the
+    pools; `generate()` streams a request through the whole serving path. Requests carry token ids and
+    `ignore_eos`, as the profiler's own do, so every measured request has the length it asked for.
+    """
+
+    def __init__(self, target: str, *, api_key: str | None = None, note: str = "") -> None:
+        self.target = target
+        self.model = ""
+        self.hardware: Any = None  # HardwareInfo, once started
+        self._api_key = api_key
+        self._note = note
+        self._client: Any = None
+
+    async def start(self) -> Any:
+        from orchestrator.profiles import HardwareInfo
+        from pdserve import AsyncClient
+        from pdserve.errors import PdserveError as ClientError
+        from workers.engine.base import EngineError, EngineInfo
+
+        self._client = AsyncClient(self.target, api_key=self._api_key, timeout_s=30.0)
+        try:
+            status = await self._client.status()
+            models = await self._client.models()
+        except ClientError as exc:
+            raise EngineError(f"cannot read the cluster at {self.target}: {exc}") from None
+        ready = {pool: [w for w in entry["workers"] if w["state"] == "ready"] for pool, entry in status["pools"].items()}
+        serving = ready.get("decode") or []
+        if not status["ready"] or not serving or not serving[0].get("block_size"):
+            raise EngineError(f"the cluster at {self.target} is not ready (or too old to report its engines' shape): "
+                              "wait for `pdserve status` to say ready")
+        self.model = status["model"]
+        counts = ", ".join(f"{len(workers)} {pool}" for pool, workers in ready.items() if workers)
+        self.hardware = HardwareInfo(
+            name=f"pdserve-{status['mode']}", kind="cluster", count=sum(len(w) for w in ready.values()),
+            description=f"measured through the running pdserve at {self.target} ({status['mode']}: {counts} "
+                        f"workers): times include the gateway, Ray and the KV hand-off{self._note}")
+        return EngineInfo(max_model_len=min(m.max_model_len for m in models) if models else serving[0]["max_model_len"],
+                          block_size=serving[0]["block_size"], num_total_blocks=min(w["num_total_blocks"] for w in serving),
+                          kv_bytes_per_token=serving[0]["kv_bytes_per_token"])
+
+    async def generate(self, request: Any) -> AsyncIterator[Any]:
+        """The request's chunks (each with `token_ids`), as the cluster streams them."""
+        stream = await self._client.generate(list(request.prompt_ids), stream=True, max_tokens=request.max_tokens,
+                                             temperature=0.0, ignore_eos=request.ignore_eos, timeout_s=600.0)
+        async for chunk in stream:
+            yield chunk
+
+    async def shutdown(self) -> None:
+        if self._client is not None:
+            await self._client.close()
 
 
 def _summary(profile: Any, out: str) -> str:
