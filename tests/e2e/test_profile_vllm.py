@@ -38,8 +38,10 @@ def test_profile_measures_a_real_vllm_engine_into_a_file_the_planner_reads(tmp_p
     assert profile.kv_bytes_per_token == SMOLLM2_KV_BYTES_PER_TOKEN and profile.num_layers == 30
     assert profile.kv_capacity_tokens > 0 and profile.block_size > 0
     assert "CI" in profile.hardware.description
-    assert len(profile.prefill_points) == 4 and len(profile.decode_points) == 4
-    assert any(p.batch_size > 1 for p in profile.prefill_points)  # the batch point (vLLM may split it: its last step)
+    # Three lone prompts and the batch point, which vLLM may split (its last step is measured) or, on a
+    # busy machine, compute one prompt a step (then it is dropped); four decode points.
+    assert len(profile.prefill_points) >= 3 and len(profile.decode_points) == 4
+    assert {p.prompt_tokens for p in profile.prefill_points if p.batch_size == 1} == {16, 128, 512}
     assert all(p.ttft_ms > 0 for p in profile.prefill_points) and all(p.step_ms > 0 for p in profile.decode_points)
     # What the planner and the simulator read: fitted times that grow with the work.
     assert profile.predict_prefill_ms([512]) > profile.predict_prefill_ms([16]) > 0
