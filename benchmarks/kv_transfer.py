@@ -13,8 +13,9 @@ checksum into the header, zero-copy multipart send from its thread, buffers trac
 go). Receiver (a child process): the real `ZmqReceiver` and `TransferAssembler` (`blocks.write_blocks`
 copies the bytes into the receiving cache's allocated blocks, and the checksum is verified over what was
 written, as the connector does), until the assembler reports every transfer complete. The baseline is raw pyzmq PUSH/PULL between the same two processes
-sending the same frames zero-copy and receiving them without looking at them. The gRPC transport is
-measured the same way, for reference.
+sending the same frames zero-copy and receiving them without looking at them; three more raw rows add
+one of the connector's costs each (tracked sends, the sender's checksum, the copy into the cache), so
+the table shows where the gap goes. The gRPC transport is measured the same way, for reference.
 
 Reports GB/s (payload bytes per second, first send to the receiver's last completion), the best and
 median of `--repeats`, and the ratio to raw pyzmq measured in the same run.
@@ -157,10 +158,14 @@ def connector_path(transport: str, tokens: int, transfers: int, scattered: bool 
     return seconds, result[1]
 
 
-def raw_pyzmq(tokens: int, transfers: int, into_cache: bool = False) -> tuple[float, int]:
+def raw_pyzmq(tokens: int, transfers: int, into_cache: bool = False, track: bool = False,
+              checksum: bool = False) -> tuple[float, int]:
     """(seconds, bytes) for raw PUSH/PULL moving the same frames, zero-copy; the receiver does nothing
-    with them, or (`into_cache`) copies each into its blocks of a KV cache: what any receiver must do."""
+    with them, or (`into_cache`) copies each into its blocks of a KV cache: what any receiver must do.
+    `track` (ZeroMQ tracks each message until its buffer is free, as the connector must to release KV
+    blocks) and `checksum` (the sender's xxh3 over each frame) add one of the connector's costs each."""
     import numpy as np
+    import xxhash
     import zmq
 
     frame_bytes = -(-tokens // BLOCK) * HEADS * BLOCK * WIDTH * 2
@@ -173,9 +178,14 @@ def raw_pyzmq(tokens: int, transfers: int, into_cache: bool = False) -> tuple[fl
     push.connect(parent.recv())
     time.sleep(0.2)
     started = time.perf_counter()
+    trackers = []
     for _ in range(transfers):
         for layer in range(NUM_LAYERS):
-            push.send_multipart([b"h" * 64, payloads[layer]], copy=False)
+            if checksum:
+                xxhash.xxh3_64_intdigest(payloads[layer])
+            sent = push.send_multipart([b"h" * 64, payloads[layer]], copy=False, track=track)
+            if track:
+                trackers.append(sent)
     result = parent.recv()
     seconds = time.perf_counter() - started
     receiver.join(30)
@@ -192,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = {
         "raw pyzmq": lambda: raw_pyzmq(args.tokens, args.transfers),
+        "raw pyzmq, tracked sends": lambda: raw_pyzmq(args.tokens, args.transfers, track=True),
+        "raw pyzmq + sender checksum": lambda: raw_pyzmq(args.tokens, args.transfers, checksum=True),
         "raw pyzmq + copy into the cache": lambda: raw_pyzmq(args.tokens, args.transfers, into_cache=True),
         "connector zmq": lambda: connector_path("zmq", args.tokens, args.transfers),
         "connector zmq, scattered blocks": lambda: connector_path("zmq", args.tokens, args.transfers, scattered=True),
