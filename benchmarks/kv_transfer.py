@@ -178,14 +178,11 @@ def raw_pyzmq(tokens: int, transfers: int, into_cache: bool = False, track: bool
     push.connect(parent.recv())
     time.sleep(0.2)
     started = time.perf_counter()
-    trackers = []
     for _ in range(transfers):
         for layer in range(NUM_LAYERS):
             if checksum:
                 xxhash.xxh3_64_intdigest(payloads[layer])
-            sent = push.send_multipart([b"h" * 64, payloads[layer]], copy=False, track=track)
-            if track:
-                trackers.append(sent)
+            push.send_multipart([b"h" * 64, payloads[layer]], copy=False, track=track)
     result = parent.recv()
     seconds = time.perf_counter() - started
     receiver.join(30)

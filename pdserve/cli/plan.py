@@ -91,8 +91,8 @@ def _space(args: argparse.Namespace, measured: bool = False):
     modes = tuple(m.strip() for m in args.modes.split(","))
     if not modes or any(m not in ("disaggregated", "colocated") for m in modes):
         raise ConfigError(f"--modes takes disaggregated and/or colocated, got {args.modes!r}")
-    return SearchSpace(accelerators, modes, *_tps(args, measured), _ratios(args.ratios), _ints(args.batch_limits, "--batch-limits"), _ints(args.gpus, "--gpus"),
-                       args.max_gpus, args.max_mw)
+    return SearchSpace(accelerators, modes, *_tps(args, measured), _ratios(args.ratios),
+                       _ints(args.batch_limits, "--batch-limits"), _ints(args.gpus, "--gpus"), args.max_gpus, args.max_mw)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -101,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
         grid = _grid(args)
         setup = _setup(args)
         if setup.kind == "cluster" and args.decode_steps is None:
-            from dataclasses import replace
             grid = replace(grid, decode_steps=CLUSTER_DECODE_STEPS)
     except (ValueError, PdserveError) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
@@ -298,7 +297,8 @@ class ClusterEngine:
     async def generate(self, request: Any) -> AsyncIterator[Any]:
         """The request's chunks (each with `token_ids`), as the cluster streams them."""
         stream = await self._client.generate(list(request.prompt_ids), stream=True, max_tokens=request.max_tokens,
-                                             temperature=0.0, ignore_eos=request.ignore_eos, timeout_s=600.0)
+                                             temperature=request.temperature, ignore_eos=request.ignore_eos,
+                                             timeout_s=600.0)
         async for chunk in stream:
             yield chunk
 
