@@ -116,7 +116,7 @@ def build_engine(config: PdserveConfig, model_dir: str, tier: str, worker_id: st
     kv = None
     if tier != "colocated":
         kv = {"transport": config.kv.transport, "host": config.kv.host, "timeout_s": config.kv.timeout_s,
-              "max_stash_bytes": config.kv.max_stash_mib << 20}
+              "max_stash_bytes": config.kv.max_stash_mib << 20, "zmq_receiver": config.kv.zmq_receiver}
     if config.engine.kind == "timing":
         from workers.engine.timing import TimingEngine
 

@@ -75,6 +75,11 @@ class KVTransferConfig(ConfigModel):
         10.0, gt=0, le=3600, description="A transfer not complete this long after the decode side expects it is abandoned and the prompt recomputed."
     )
     host: str = Field("127.0.0.1", description="Address the decode workers' KV receivers listen on and advertise.")
+    zmq_receiver: Literal["direct", "libzmq"] = Field(
+        "direct", description="How a decode worker receives `zmq` frames. `direct`: its own ZeroMQ (ZMTP 3.1) endpoint "
+        "reads each payload straight into the KV blocks allocated for it (one copy fewer). `libzmq`: libzmq's PULL socket, "
+        "then a copy into the blocks."
+    )
     max_stash_mib: int = Field(
         1024, ge=1, le=1 << 20, description="Host memory a decode worker holds for KV frames that arrive before their "
         "request (the prompt's KV during its prefill); beyond it the oldest are dropped and those prompts recomputed."

@@ -67,6 +67,7 @@ from workers.engine.base import (
 )
 from workers.kv.assembler import TransferAssembler
 from workers.kv.transport import KVSenders, KVTransferService, OutgoingFrame, ZmqReceiver, serve_kv_service
+from workers.kv.zmtp import ZmtpReceiver
 from workers.kv.wire import Payload, payload_parts
 
 log = logging.getLogger(__name__)
@@ -463,7 +464,8 @@ class TimingEngine(BaseEngine):
         host = self._kv.get("host", "127.0.0.1")
         self._assembler = _WakingAssembler(self._store.write, wake, timeout_s=float(self._kv.get("timeout_s", 10.0)),
                                            max_stash_bytes=int(self._kv.get("max_stash_bytes", 1 << 30)))
-        receiver = ZmqReceiver(self._assembler, host, 0)
+        receiver = (ZmqReceiver(self._assembler, host, 0) if self._kv.get("zmq_receiver") == "libzmq"
+                    else ZmtpReceiver(self._assembler, host, 0, stall_timeout_s=float(self._kv.get("timeout_s", 10.0))))
         self._closers.append(receiver.close)
         self._sender = KVSenders()
         self._closers.append(self._sender.close)

@@ -16,9 +16,21 @@ Life of a transfer on the decode side:
    `cancel()` drops a transfer whose request ended while waiting; it is reported finished too, so the
    engine frees its blocks.
 
-Thread safety: `on_frame` and `abort` run on receiver threads; `expect`, `cancel`, `poll` on the engine
-thread. One lock guards the tables; writes into the KV cache happen outside it only for registered
-transfers, whose blocks nobody else touches while they wait.
+Two ways in for a frame's bytes:
+- `on_frame(header, payload)`: the bytes are already in memory (a libzmq or gRPC message, a stashed
+  frame); step 3 copies them into the blocks.
+- `reserve(header)` -> `Placement`, then `commit(placement)` (or `release(placement, why)` when the
+  bytes never fully came): a receiver that reads off the socket itself (`zmtp.ZmtpReceiver`) asks where
+  the payload goes before reading it. For a registered transfer whose earlier tokens of that layer are
+  in, that is the destination blocks themselves (`locate`, see LocateFn): no copy at all; otherwise a
+  new buffer, which `commit` hands to `on_frame`.
+
+Thread safety: `on_frame`, `reserve`/`commit`/`release` and `abort` run on receiver threads; `expect`,
+`cancel`, `poll` on the engine thread. One lock guards the tables; each transfer has a lock of its own
+that orders the frames applied to it. Writes into the KV cache happen outside the table lock, for
+registered transfers only, each under a claim (`_Expected.writers`): `poll()` does not report a
+transfer's request finished (after which the engine may reuse its blocks) while a write into its
+blocks is under way, so a cancel or a timeout never races a write into blocks that changed hands.
 """
 
 from __future__ import annotations
@@ -29,7 +41,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from workers.kv.wire import FrameSpan, Header, Payload, checksum, payload_size
+import numpy as np
+import xxhash
+
+from workers.kv.wire import FrameSpan, Header, Payload, checksum, payload_bytes, payload_size
 
 # write(layer_index, destination_block_ids, header, payload, first_row): copy rows [first_row:] of the
 # payload's blocks into the destination blocks of that layer. The payload is one buffer or a list of
@@ -37,6 +52,11 @@ from workers.kv.wire import FrameSpan, Header, Payload, checksum, payload_size
 # written (`blocks.write_blocks` does, in host memory): the assembler then verifies the copy rather
 # than the received bytes, reading them once; None: the assembler checks the payload before writing.
 WriteFn = Callable[[int, list[int], Header, Payload, int], "int | None"]
+
+# locate(layer_index, destination_block_ids, header, first_row): writable byte views of the destination
+# blocks (one per run of consecutive ids, in order) where rows [first_row:] of the payload go, or None
+# when they cannot be a socket's destination (device memory). `blocks.locate_blocks` is one.
+LocateFn = Callable[[int, list[int], Header, int], "list[memoryview] | None"]
 
 
 @dataclass
@@ -55,6 +75,25 @@ class _Expected:
     bytes: int = 0
     failure: str | None = None
     done: bool = False
+    writers: int = 0  # receiver threads writing into this transfer's blocks now (table lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # orders the frames applied to it
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a frame's payload goes, decided from its header before its bytes are read.
+
+    `targets` are writable byte views, in payload order, together exactly the payload's size. With
+    `state` set they are the transfer's destination blocks (after a scratch buffer for rows the engine
+    already holds), and the frame is applied by `commit`; without, one new buffer."""
+
+    header: Header
+    targets: list[memoryview]
+    state: _Expected | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(target.nbytes for target in self.targets)
 
 
 @dataclass(frozen=True)
@@ -81,9 +120,11 @@ class Counters:
 class TransferAssembler:
     def __init__(self, write: WriteFn, *, timeout_s: float, max_stash_bytes: int = 256 << 20,
                  clock: Callable[[], float] = time.monotonic, max_outcomes: int = 4096,
-                 verify_after_write: bool = False) -> None:
-        """`verify_after_write`: check each frame's checksum on what `write` returns (see WriteFn)."""
+                 verify_after_write: bool = False, locate: LocateFn | None = None) -> None:
+        """`verify_after_write`: check each frame's checksum on what `write` returns (see WriteFn).
+        `locate`: lets `reserve` place payloads straight into the destination blocks (see LocateFn)."""
         self._write = write
+        self._locate = locate
         self._verify_after_write = verify_after_write
         self._timeout_s = timeout_s
         self._max_stash_bytes = max_stash_bytes
@@ -117,7 +158,7 @@ class TransferAssembler:
             self._fail(state, f"aborted: {early_abort}")
             return
         for header, payload in stashed:
-            self._apply(state, header, payload)
+            self._apply_claimed(state, header, payload)
 
     def cancel(self, request_id: str) -> None:
         """The request ended while waiting (aborted): stop expecting; report it finished."""
@@ -141,12 +182,17 @@ class TransferAssembler:
                 self._fail(state, f"timeout: {have}/{state.num_prompt_tokens} tokens after {self._timeout_s:.1f}s")
         with self._lock:
             self._expire_stash(now)
-            finished, failed = self._finished, self._failed
-            self._finished, self._failed = set(), set()
+            writing = {r for r in self._finished if self._writers(r)}  # reported once the write ends
+            finished, failed = self._finished - writing, self._failed - writing
+            self._finished, self._failed = writing, self._failed & writing
             for request_id in finished:
                 transfer_id = self._by_request.pop(request_id, None)
                 self._expected.pop(transfer_id, None)
         return finished, failed
+
+    def _writers(self, request_id: str) -> int:
+        state = self._expected.get(self._by_request.get(request_id, ""))
+        return state.writers if state is not None else 0
 
     # ---- receiver threads ----------------------------------------------------------------------
     def on_frame(self, header: Header, payload: Payload) -> None:
@@ -158,7 +204,68 @@ class TransferAssembler:
             if state is None:
                 self._stash_frame(header, payload)
                 return
-        self._apply(state, header, payload)
+            if state.done:
+                return
+            state.writers += 1
+        try:
+            self._apply(state, header, payload)
+        finally:
+            self._unclaim(state)
+
+    def reserve(self, header: Header) -> Placement:
+        """Receiver thread, a frame's header read and its payload not yet: where the payload goes.
+
+        The caller fills every target, in order, then calls `commit`, or `release` if the bytes never
+        came (a connection lost mid-frame). Raises ValueError for a header whose payload cannot be
+        placed (unknown dtype, larger than the stash may hold, a layout this cache does not have)."""
+        size = payload_bytes(header)
+        with self._lock:
+            state = self._expected.get(header.transfer_id)
+            direct = (self._locate is not None and state is not None and not state.done
+                      and header.token_start <= state.covered.get(header.layer_index, 0))
+            if direct:
+                state.writers += 1
+        if direct:
+            try:
+                targets = self._direct_targets(state, header, size)
+            except Exception:
+                self._unclaim(state)
+                raise
+            if targets is not None:
+                return Placement(header, targets, state)
+            self._unclaim(state)
+        if size > self._max_stash_bytes:
+            raise ValueError(f"KV frame of transfer {header.transfer_id!r}: {size} bytes, more than the "
+                             f"{self._max_stash_bytes} the receiver may hold (kv.max_stash_mib)")
+        return Placement(header, [memoryview(np.empty(size, dtype=np.uint8))])
+
+    def commit(self, placement: Placement) -> None:
+        """Receiver thread: every target of `placement` is filled; apply the frame like `on_frame`."""
+        state = placement.state
+        if state is None:
+            self.on_frame(placement.header, placement.targets[0])
+            return
+        try:
+            with self._lock:
+                self.counters.frames_total += 1
+                self.counters.bytes_total += placement.nbytes
+            with state.lock:
+                digest = xxhash.xxh3_64()
+                for target in placement.targets:  # just written: read back from the cache, hot
+                    digest.update(target)
+                if self._verified(state, placement.header, digest.intdigest()):
+                    self._advance(state, placement.header, placement.nbytes)
+        finally:
+            self._unclaim(state)
+
+    def release(self, placement: Placement, reason: str) -> None:
+        """Receiver thread: the payload of `placement` did not fully arrive. A transfer whose blocks
+        were being written fails (recompute); a buffer is just dropped."""
+        if placement.state is not None:
+            try:
+                self._fail(placement.state, f"frame of layer {placement.header.layer_index} cut off: {reason}")
+            finally:
+                self._unclaim(placement.state)
 
     def abort(self, transfer_id: str, reason: str) -> bool:
         """The sender gave up: fail now rather than at the timeout. Returns whether it was known."""
@@ -203,24 +310,66 @@ class TransferAssembler:
     def _last_progress(self, state: _Expected) -> float:
         return state.last_frame_s if state.last_frame_s is not None else state.registered_s
 
+    def _unclaim(self, state: _Expected) -> None:
+        with self._lock:
+            state.writers -= 1
+
+    def _apply_claimed(self, state: _Expected, header: Header, payload: Payload) -> None:
+        with self._lock:
+            if state.done:
+                return
+            state.writers += 1
+        try:
+            self._apply(state, header, payload)
+        finally:
+            self._unclaim(state)
+
+    def _direct_targets(self, state: _Expected, header: Header, size: int) -> list[memoryview] | None:
+        """The payload's destination: a scratch buffer for the rows the engine holds, then its blocks."""
+        span = FrameSpan.of(header)
+        skip = min(max(state.local_tokens // header.block_size - span.first_block, 0), span.num_blocks)
+        dest = state.block_ids[span.first_block + skip: span.first_block + span.num_blocks]
+        if len(dest) != span.num_blocks - skip or span.num_blocks != header.shape[0]:
+            raise ValueError(f"transfer {state.transfer_id}: frame covers blocks {span.first_block}-"
+                             f"{span.first_block + span.num_blocks} ({header.shape[0]} sent) but "
+                             f"{len(state.block_ids)} were allocated")
+        blocks = self._locate(header.layer_index, dest, header, skip) if dest else []
+        if blocks is None:
+            return None
+        row_bytes = size // span.num_blocks if span.num_blocks else 0
+        scratch = [memoryview(np.empty(skip * row_bytes, dtype=np.uint8))] if skip else []
+        return scratch + blocks
+
     def _apply(self, state: _Expected, header: Header, payload: Payload) -> None:
+        """Apply one frame held in memory (the caller holds a claim on `state`)."""
+        with state.lock:
+            self._apply_locked(state, header, payload)
+
+    def _apply_locked(self, state: _Expected, header: Header, payload: Payload) -> None:
         if state.done:
             return
         if not self._verify_after_write and checksum(payload) != header.checksum:
             self._checksum_failed(state, header)
             return
-        now = self._clock()
-        state.first_frame_s = state.first_frame_s or now
-        state.last_frame_s = now
-        state.num_layers = header.num_layers
-        covered = state.covered.get(header.layer_index, 0)
-        if header.token_start > covered:
+        self._touch(state, header)
+        if header.token_start > state.covered.get(header.layer_index, 0):
             state.out_of_order.append((header, payload))
             return
         if not self._write_frame(state, header, payload):
             return
-        state.bytes += payload_size(payload)
-        state.covered[header.layer_index] = max(covered, header.token_end)
+        self._advance(state, header, payload_size(payload))
+
+    def _touch(self, state: _Expected, header: Header) -> None:
+        now = self._clock()
+        state.first_frame_s = state.first_frame_s or now
+        state.last_frame_s = now
+        state.num_layers = header.num_layers
+
+    def _advance(self, state: _Expected, header: Header, nbytes: int) -> None:
+        """A frame is in its blocks (state lock held): move the layer's coverage on, apply what waited."""
+        self._touch(state, header)
+        state.bytes += nbytes
+        state.covered[header.layer_index] = max(state.covered.get(header.layer_index, 0), header.token_end)
         self._replay_out_of_order(state)
         self._maybe_complete(state)
 

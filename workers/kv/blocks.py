@@ -8,9 +8,13 @@ Sender, inside the forward pass, per layer:
   sent them (the connector delays their free).
 - otherwise `gather_blocks(layer_view, block_ids)`: one gather into a new host tensor (device memory, a
   layout whose blocks are not contiguous, or blocks scattered over many runs), which the sender owns.
-Receiver: `write_blocks(layer_view, dest_block_ids, header, payload, first_row)` views the frame's bytes
-as the sender's blocks (no copy) and copies them into the blocks the receiving engine allocated: one
-slice copy per run of consecutive destination ids. That copy is the only one a transfer must make.
+Receiver, two ways:
+- `locate_blocks(layer_view, dest_block_ids, header, first_row)`: writable byte views of the destination
+  blocks, one per run of consecutive ids, for a receiver that reads the frame off the socket straight
+  into the cache (`zmtp.ZmtpReceiver`): the kernel's copy out of the socket is then the only one.
+- `write_blocks(layer_view, dest_block_ids, header, payload, first_row)` views a frame already in memory
+  (stashed before the engine allocated its blocks, or from a transport that buffers) as the sender's
+  blocks and copies them into the blocks the receiving engine allocated: one slice copy per run.
 `layer_view` is one layer's cache with the block dimension first (`connector.block_first_view`).
 Torch and numpy only: the KV benchmark drives these same functions without an engine.
 """
@@ -61,6 +65,14 @@ def gather_blocks(layer_view: torch.Tensor, block_ids: Sequence[int]) -> torch.T
     return layer_view.index_select(0, index).cpu().contiguous()
 
 
+def locate_blocks(layer_view: torch.Tensor, dest_block_ids: Sequence[int], header: Header,
+                  first_row: int) -> list[memoryview] | None:
+    """Writable views of the blocks `dest_block_ids`, one per run of consecutive ids, in order: where
+    rows [first_row:] of the frame's payload go. None when the cache is not in host memory (device
+    memory cannot be a socket's destination). Raises ValueError as `write_blocks` does."""
+    return _layout(layer_view).targets(dest_block_ids, header, first_row)
+
+
 def write_blocks(layer_view: torch.Tensor, dest_block_ids: Sequence[int], header: Header, payload: Payload,
                  first_row: int) -> int | None:
     """Copy blocks [first_row:] of the frame into `dest_block_ids`; return the frame's checksum as
@@ -83,7 +95,8 @@ class _Layout:
         self.host = _in_place_ok(layer_view)
         self.target = layer_view.view(torch.uint8).numpy().reshape(layer_view.shape[0], -1) if self.host else None
 
-    def write(self, dest_block_ids: Sequence[int], header: Header, payload: Payload, first_row: int) -> int | None:
+    def check(self, dest_block_ids: Sequence[int], header: Header, first_row: int) -> tuple[int, ...]:
+        """The frame's shape, after checking that it fits this cache and its destinations."""
         shape = tuple(header.shape)
         if shape[1:] != self.per_block or header.dtype != self.dtype:
             raise ValueError(f"KV layout mismatch: sender {header.dtype}{list(shape[1:])} per block, "
@@ -91,6 +104,16 @@ class _Layout:
         if len(dest_block_ids) != shape[0] - first_row:
             raise ValueError(f"frame has {shape[0] - first_row} blocks past row {first_row}, "
                              f"{len(dest_block_ids)} destinations")
+        return shape
+
+    def targets(self, dest_block_ids: Sequence[int], header: Header, first_row: int) -> list[memoryview] | None:
+        self.check(dest_block_ids, header, first_row)
+        if not self.host:
+            return None
+        return [memoryview(self.target[first:first + count]).cast("B") for first, count in runs(dest_block_ids)]
+
+    def write(self, dest_block_ids: Sequence[int], header: Header, payload: Payload, first_row: int) -> int | None:
+        shape = self.check(dest_block_ids, header, first_row)
         if not self.host:
             chunks = [c.to(self.view.device) for c in _block_chunks(payload, self.view.dtype, shape)]
             _copy_rows(self.view, chunks, dest_block_ids, first_row)

@@ -18,7 +18,7 @@ Per request, `SamplingParams.extra_args["kv_transfer_params"]["pdserve"]` says w
   "recompute"), so the request still succeeds.
 
 Engine-level settings (`kv_connector_extra_config`): `host`, `zmq_port`, `grpc_port` (where this engine
-receives; 0: any free port), `endpoint_file` and `stats_endpoint_file` (where the worker side's
+receives; 0: any free port), `zmq_receiver` (`direct` or `libzmq`, see `receiving`), `endpoint_file` and `stats_endpoint_file` (where the worker side's
 receiving endpoints and the scheduler side's block-stats endpoint are written as JSON, for the
 worker actor that started the engine), `timeout_s`, `max_stash_bytes`, `worker_id`. How a frame travels follows the
 receiver's endpoint (`zmq://` or `grpc://`, which the orchestrator picks from `kv.transport`): every
@@ -51,16 +51,15 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from workers.kv.assembler import TransferAssembler
-from workers.kv.blocks import as_bytes, block_parts, gather_blocks, write_blocks
+from workers.kv.blocks import as_bytes, block_parts, gather_blocks
+from workers.kv.receiving import start_receiving
 from workers.kv.transport import (
     KVSenders,
     KVTransferService,
     OutgoingFrame,
     PendingSends,
-    ZmqReceiver,
     serve_kv_service,
 )
-from workers.kv.wire import Header
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -273,23 +272,20 @@ class PdserveConnector(KVConnectorBase_V1):
 
     def _start_receivers(self) -> None:
         host = self._extra.get("host", "127.0.0.1")
-        self._assembler = TransferAssembler(self._write_blocks, timeout_s=float(self._extra.get("timeout_s", 10.0)),
-                                            max_stash_bytes=int(self._extra.get("max_stash_bytes", 1 << 30)),
-                                            verify_after_write=True)
-        self._receivers.append(ZmqReceiver(self._assembler, host, int(self._extra.get("zmq_port", 0))))
+        self._assembler, receiver = start_receiving(
+            str(self._extra.get("zmq_receiver", "direct")), self._layer_views, host, int(self._extra.get("zmq_port", 0)),
+            timeout_s=float(self._extra.get("timeout_s", 10.0)),
+            max_stash_bytes=int(self._extra.get("max_stash_bytes", 1 << 30)))
+        self._receivers.append(receiver)
         self._sender = KVSenders()
         service = KVTransferService(self._assembler, self._sender)
         server, grpc_endpoint = serve_kv_service(service, host, int(self._extra.get("grpc_port", 0)))
         self._receivers.append(server)
-        endpoints = {"zmq": self._receivers[0].endpoint, "grpc": grpc_endpoint}
+        endpoints = {"zmq": receiver.endpoint, "grpc": grpc_endpoint}
         if self._extra.get("endpoint_file"):
             _write_atomically(self._extra["endpoint_file"], json.dumps(endpoints))
         log.info("pdserve KV connector: %d layers, receiving on %s and %s", len(self._layer_views),
                  endpoints["zmq"], endpoints["grpc"])
-
-    def _write_blocks(self, layer_index: int, dest_block_ids: list[int], header: Header, payload: Any,
-                      first_row: int) -> int | None:
-        return write_blocks(self._layer_views[layer_index], dest_block_ids, header, payload, first_row)
 
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
         """Worker: register this step's new receives (frames may already be stashed) and cancellations."""

@@ -22,6 +22,9 @@ Header = kv_pb2.KVFrameHeader
 
 Payload = memoryview | bytes | Sequence[memoryview | bytes]
 
+# Bytes per element of the KV cache dtypes a frame may carry (torch's names, as in the header).
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1, "uint8": 1, "int8": 1}
+
 
 def checksum(payload: Payload) -> int:
     """xxh3_64 of the payload's bytes, parts in order (fast enough to verify every frame at memory speed)."""
@@ -38,6 +41,20 @@ def payload_size(payload: Payload) -> int:
     if isinstance(payload, (memoryview, bytes, bytearray)):
         return memoryview(payload).nbytes
     return sum(memoryview(part).nbytes for part in payload)
+
+
+def payload_bytes(header: Header) -> int:
+    """The size its header promises for a frame's payload: shape times dtype size. Raises ValueError on
+    a dtype no KV cache uses or an empty shape (a receiver must know the size before it reads the bytes)."""
+    itemsize = DTYPE_BYTES.get(header.dtype)
+    if itemsize is None:
+        raise ValueError(f"KV frame of transfer {header.transfer_id!r}: unknown dtype {header.dtype!r}")
+    if not header.shape or any(dim < 0 for dim in header.shape):
+        raise ValueError(f"KV frame of transfer {header.transfer_id!r}: bad shape {list(header.shape)}")
+    size = itemsize
+    for dim in header.shape:
+        size *= dim
+    return size
 
 
 def payload_parts(payload: Payload) -> list[memoryview]:
