@@ -17,9 +17,11 @@ assembler reports every transfer complete. Rows:
   frames come, so each payload is read off the socket straight into them;
 - `connector zmq, frames first`: as served today (the decode request follows the prefill), each
   transfer's blocks are allocated once its frames were all handed to the sender: frames that arrive
-  first wait in the stash and are copied into the blocks then (`blocks.write_blocks`);
-- `connector zmq, libzmq receiver`: libzmq's PULL socket (`kv.zmq_receiver: libzmq`), blocks first:
-  every frame arrives in a libzmq message and is copied into the blocks;
+  first wait in the stash and are copied into the blocks then (`blocks.write_blocks`, on the
+  assembler's placer thread);
+- `connector zmq, libzmq receiver` and `..., frames first, libzmq`: the same two orders with libzmq's
+  PULL socket (`kv.zmq_receiver: libzmq`): every frame arrives in a libzmq message of its own and is
+  copied into the blocks;
 - `connector zmq, scattered blocks` and `connector grpc`: for reference.
 Every connector row verifies each frame's checksum over the bytes as written into the cache. The
 baseline is raw pyzmq PUSH/PULL between the same two processes sending the same frames zero-copy and
@@ -109,6 +111,7 @@ def _connector_receiver(conn, transport: str, receiver_kind: str, frames_first: 
     conn.send(("done", assembler.counters.bytes_total, time.process_time() - cpu_started,
                float(cache[NUM_LAYERS - 1][receiver_ids[-1][-1]].float().sum())))
     receiver.close()
+    assembler.close()
     server.stop(0)
 
 
@@ -244,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         "connector zmq, frames first": lambda: connector_path("zmq", args.tokens, args.transfers, frames_first=True),
         "connector zmq, libzmq receiver": lambda: connector_path("zmq", args.tokens, args.transfers,
                                                                  receiver_kind="libzmq"),
+        "connector zmq, frames first, libzmq": lambda: connector_path("zmq", args.tokens, args.transfers,
+                                                                      receiver_kind="libzmq", frames_first=True),
         "connector zmq, scattered blocks": lambda: connector_path("zmq", args.tokens, args.transfers, scattered=True),
         "connector grpc": lambda: connector_path("grpc", args.tokens, args.transfers),
     }

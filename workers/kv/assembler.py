@@ -6,7 +6,8 @@ Life of a transfer on the decode side:
    their last frame, as for a request that ended before it reached the decode engine; a dropped stash
    only means a recompute).
 2. `expect()` (engine thread, when the scheduler allocated the blocks) registers where each prompt
-   block goes and replays the stash.
+   block goes and replays the stash: with `place_in_background`, on a thread of the assembler's, so
+   that the engine's step (and every other request in its batch) does not wait for the copies.
 3. Each frame is checksummed and written (`write` callback) into the destination blocks, skipping the
    blocks the engine already holds from its own prefix cache; with `verify_after_write` the checksum
    is taken over what was written (one cold read instead of two). Per layer, coverage advances.
@@ -35,6 +36,8 @@ blocks is under way, so a cancel or a timeout never races a write into blocks th
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 import time
 from collections import OrderedDict
@@ -45,6 +48,8 @@ import numpy as np
 import xxhash
 
 from workers.kv.wire import FrameSpan, Header, Payload, checksum, payload_bytes, payload_size
+
+log = logging.getLogger(__name__)
 
 # write(layer_index, destination_block_ids, header, payload, first_row): copy rows [first_row:] of the
 # payload's blocks into the destination blocks of that layer. The payload is one buffer or a list of
@@ -120,11 +125,14 @@ class Counters:
 class TransferAssembler:
     def __init__(self, write: WriteFn, *, timeout_s: float, max_stash_bytes: int = 256 << 20,
                  clock: Callable[[], float] = time.monotonic, max_outcomes: int = 4096,
-                 verify_after_write: bool = False, locate: LocateFn | None = None) -> None:
+                 verify_after_write: bool = False, locate: LocateFn | None = None,
+                 place_in_background: bool = False) -> None:
         """`verify_after_write`: check each frame's checksum on what `write` returns (see WriteFn).
-        `locate`: lets `reserve` place payloads straight into the destination blocks (see LocateFn)."""
+        `locate`: lets `reserve` place payloads straight into the destination blocks (see LocateFn).
+        `place_in_background`: `expect()` hands the stash's copies to a thread (`close()` stops it)."""
         self._write = write
         self._locate = locate
+        self._placer = _Placer() if place_in_background else None
         self._verify_after_write = verify_after_write
         self._timeout_s = timeout_s
         self._max_stash_bytes = max_stash_bytes
@@ -157,8 +165,26 @@ class TransferAssembler:
         if early_abort is not None:
             self._fail(state, f"aborted: {early_abort}")
             return
-        for header, payload in stashed:
-            self._apply_claimed(state, header, payload)
+        if not stashed:
+            return
+        with self._lock:
+            state.writers += 1  # until the stash is in the blocks
+        if self._placer is None:
+            self._replay_stash(state, stashed)
+        else:
+            self._placer.submit(lambda: self._replay_stash(state, stashed))
+
+    def close(self) -> None:
+        """Stop the background placer, if any (after what it was given)."""
+        if self._placer is not None:
+            self._placer.close()
+
+    def _replay_stash(self, state: _Expected, stashed: list[tuple[Header, Payload]]) -> None:
+        try:
+            for header, payload in stashed:
+                self._apply(state, header, payload)
+        finally:
+            self._unclaim(state)
 
     def cancel(self, request_id: str) -> None:
         """The request ended while waiting (aborted): stop expecting; report it finished."""
@@ -226,14 +252,9 @@ class TransferAssembler:
             if direct:
                 state.writers += 1
         if direct:
-            try:
-                targets = self._direct_targets(state, header, size)
-            except Exception:
-                self._unclaim(state)
-                raise
+            targets = self._claimed_targets(state, header, size)
             if targets is not None:
                 return Placement(header, targets, state)
-            self._unclaim(state)
         if size > self._max_stash_bytes:
             raise ValueError(f"KV frame of transfer {header.transfer_id!r}: {size} bytes, more than the "
                              f"{self._max_stash_bytes} the receiver may hold (kv.max_stash_mib)")
@@ -314,15 +335,17 @@ class TransferAssembler:
         with self._lock:
             state.writers -= 1
 
-    def _apply_claimed(self, state: _Expected, header: Header, payload: Payload) -> None:
-        with self._lock:
-            if state.done:
-                return
-            state.writers += 1
+    def _claimed_targets(self, state: _Expected, header: Header, size: int) -> list[memoryview] | None:
+        """`_direct_targets` under the claim `reserve` took, which is kept only when they are returned."""
         try:
-            self._apply(state, header, payload)
-        finally:
+            targets = self._direct_targets(state, header, size)
+        except ValueError as exc:  # this frame cannot go into these blocks: recompute now, not at the timeout
+            self._fail(state, str(exc))
             self._unclaim(state)
+            raise
+        if targets is None:
+            self._unclaim(state)
+        return targets
 
     def _direct_targets(self, state: _Expected, header: Header, size: int) -> list[memoryview] | None:
         """The payload's destination: a scratch buffer for the rows the engine holds, then its blocks."""
@@ -382,9 +405,14 @@ class TransferAssembler:
             return self._verified(state, header, checksum(payload) if self._verify_after_write else None)
         dest = state.block_ids[span.first_block + skip: span.first_block + span.num_blocks]
         if len(dest) != span.num_blocks - skip:
-            raise ValueError(f"transfer {state.transfer_id}: frame covers blocks up to "
-                             f"{span.first_block + span.num_blocks} but {len(state.block_ids)} were allocated")
-        written = self._write(header.layer_index, dest, header, payload, skip)
+            self._fail(state, f"frame covers blocks up to {span.first_block + span.num_blocks} but "
+                              f"{len(state.block_ids)} were allocated")
+            return False
+        try:
+            written = self._write(header.layer_index, dest, header, payload, skip)
+        except ValueError as exc:  # another layout (model, block size, TP): recompute rather than wait
+            self._fail(state, str(exc))
+            return False
         if self._verify_after_write and written is None:
             written = checksum(payload)
         return self._verified(state, header, written if self._verify_after_write else None)
@@ -445,3 +473,26 @@ class TransferAssembler:
         self._outcomes[outcome.transfer_id] = outcome
         while len(self._outcomes) > self._max_outcomes:
             self._outcomes.popitem(last=False)
+
+
+class _Placer:
+    """One daemon thread running the stash replays `expect()` hands it, in order."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="kv-placer", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:  # noqa: BLE001 - one transfer's failure must not stop every later one
+                log.exception("KV placer: replaying a stash failed")

@@ -117,6 +117,8 @@ class _Layout:
         if not self.host:
             chunks = [c.to(self.view.device) for c in _block_chunks(payload, self.view.dtype, shape)]
             _copy_rows(self.view, chunks, dest_block_ids, first_row)
+            if self.view.device.type == "cuda":  # done before the transfer is reported complete to the engine
+                torch.cuda.current_stream(self.view.device).synchronize()
             return None
         chunks = _byte_chunks(payload, self.target.shape[1], shape[0])
         destination = runs(dest_block_ids)

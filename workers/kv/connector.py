@@ -356,5 +356,7 @@ class PdserveConnector(KVConnectorBase_V1):
                 receiver.stop(grace=0)
             else:
                 receiver.close()
+        if self._assembler is not None:
+            self._assembler.close()
         if self._sender is not None:
             self._sender.close()

@@ -136,7 +136,48 @@ def test_headers_that_cannot_be_placed_are_refused():
     other = make_header(payload=payload, **{**fields("u", 0, 2, 8), "shape": (2, 2, BLOCK * 2, 8)})
     with pytest.raises(ValueError, match="layout mismatch"):
         recorder.assembler.reserve(other)
-    assert recorder.assembler.poll() == (set(), set())  # its claim was let go
+    assert recorder.assembler.poll() == ({"req"}, {"req"})  # recomputed now, not at the timeout; claim let go
+    assert "layout mismatch" in recorder.assembler.outcome("u").failure
+
+
+def test_the_stash_is_placed_off_the_engine_thread():
+    source, destination = cache(), cache(fill=False)
+    entered, gate = threading.Event(), threading.Event()
+    placed_on = []
+
+    def write(layer, ids, header, payload, first):
+        entered.set()
+        gate.wait(10)
+        placed_on.append(threading.current_thread().name)
+        return write_blocks(destination[layer], ids, header, payload, first)
+
+    assembler = TransferAssembler(write, timeout_s=5.0, verify_after_write=True, place_in_background=True)
+    try:
+        for transfer_id in ("t", "u"):
+            for frame in frames(source, transfer_id, [1, 2], 8):
+                header, data = frame_bytes(frame)
+                assembler.on_frame(header, data)
+        assembler.expect("t", "req-t", [4, 5], 0, 8)  # returns at once: the copies wait on the gate
+        assembler.expect("u", "req-u", [6, 7], 0, 8)
+        assert entered.wait(5)
+        assembler.cancel("req-t")  # ended while a copy into its blocks is under way: held back
+        assert assembler.poll() == (set(), set())
+        gate.set()
+        assert wait_finished(assembler, count=2) == ({"req-t", "req-u"}, set())
+        assert set(placed_on) == {"kv-placer"} and len(placed_on) == 1 + LAYERS  # t: the copy under way only
+        assert torch.equal(destination[1][6:8], source[1][1:3])
+    finally:
+        assembler.close()
+
+
+def test_a_stashed_frame_of_another_layout_fails_the_transfer_not_the_engine():
+    source = cache()
+    recorder = Recorder([torch.zeros(32, 2, BLOCK * 2, 8, dtype=torch.bfloat16) for _ in range(LAYERS)])
+    header, data = frame_bytes(frames(source, "t", [1, 2], 8)[0])
+    recorder.assembler.on_frame(header, data)
+    recorder.assembler.expect("t", "req", [4, 5], 0, 8)  # the engine thread: must not raise
+    assert recorder.assembler.poll() == ({"req"}, {"req"})
+    assert "layout mismatch" in recorder.assembler.outcome("t").failure
 
 
 # ---- the ZMTP endpoint with real libzmq senders -----------------------------------------------------
