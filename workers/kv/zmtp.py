@@ -215,7 +215,7 @@ class ZmtpReceiver:
 
     def _handshake(self, sock: socket.socket, reader: _Reader) -> None:
         sock.sendall(greeting())
-        theirs = reader.exact(64, idle=True)
+        theirs = reader.exact(64)  # within the stall timeout: a peer that connects and says nothing is dropped
         if theirs[0] != 0xFF or not theirs[9] & 0x01 or theirs[10] < 3:
             raise ProtocolError("the peer does not speak ZMTP 3 (is it a ZeroMQ PUSH socket?)")
         if theirs[12:32].rstrip(b"\x00") != b"NULL":

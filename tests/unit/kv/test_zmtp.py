@@ -315,6 +315,13 @@ def test_ping_is_answered_and_a_peer_that_is_not_push_is_refused(receiving):
         stranger.close()
 
 
+def test_a_peer_that_connects_and_says_nothing_is_dropped(receiving):
+    host, port = receiving[3].endpoint.removeprefix("zmq://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as peer:
+        assert len(recv_exact(peer, 64)) == 64  # our greeting
+        assert recv_exact(peer, 1) == b""  # closed after the stall timeout (1 s here)
+
+
 def test_start_receiving_builds_either_receiver_and_refuses_others():
     views = cache(fill=False)
     for kind in ("direct", "libzmq"):
