@@ -13,13 +13,17 @@ Steps:
 3. `pdserve up --grpc-port 0 --http-port 0 --ready-file OUT/ready.json`, waited for; with
    --serving-profile, `pdserve profile --target` then measures that cluster through its API into
    OUT/serving_profile.yaml (the whole serving path: the simulation uses it, and no request overhead
-   on top, since the profile's times already include it);
+   on top, since the profile's times already include it), with its interference points: how much a
+   decode step slows while the prefill engine computes, and a prefill while decode steps run (the two
+   engines share this machine's two cores); a CPU sampler records the other processes' load meanwhile;
 4. calibration phase: `pdserve bench` with a few requests far apart (OUT/calibration.json); the median
    of client TTFT minus the server's queue + prefill time is the request overhead (`request_overhead_ms`);
 5. the workload: `pdserve bench` Poisson arrivals at --rate, fixed prompt and output lengths (OUT/bench.json);
 6. `pdserve up` gets SIGINT and is waited for;
 7. the simulator replays the requests at their actual send times, 1P+1D timed by the profile, with the
-   calibration (`simulations.accuracy`); the table is printed and written to OUT/comparison.{json,md}.
+   calibration (`simulations.accuracy`) and, when the profile has interference points, the tiers on a
+   shared host (`SimConfig.shared_host`; `--no-shared-host` turns it off; the same simulation without it
+   is reported beside it); the table is printed and written to OUT/comparison.{json,md}.
 The machine is shared: during steps 4-5 a sampler reads /proc every second, and the CPU that processes
 outside this run used ("foreign" cores) is recorded; a second table compares only the requests that ran
 while it stayed under --quiet-cores (chosen by that measure, never by their latency).
@@ -180,6 +184,17 @@ def measure_profile(profile_path: str, args_quiet: tuple[float, float]) -> list:
     return samples
 
 
+def serving_profile(target: str, profile_path: str) -> float | None:
+    """Step 3's `pdserve profile --target`; returns the mean cores other processes used meanwhile."""
+    sampler = CpuSampler()
+    sampler.start()
+    try:
+        run(pdserve("profile", "--target", target, "--out", profile_path, "--no-progress"), "pdserve profile --target")
+    finally:
+        load = accuracy.foreign_cores(sampler.stop(), os.sysconf("SC_CLK_TCK"))
+    return float(np.mean([cores for _, cores in load])) if load else None
+
+
 def real_run(args: argparse.Namespace, out: Path, profile_path: str, profile_samples: list) -> dict:
     """Steps 3-6: the cluster, the calibration phase, the workload, the stop. Returns run metadata."""
     meta: dict = {"load_average_before": os.getloadavg()[0],
@@ -192,8 +207,7 @@ def real_run(args: argparse.Namespace, out: Path, profile_path: str, profile_sam
     try:
         target = cluster.endpoints["grpc"]
         if args.serving_profile:
-            run(pdserve("profile", "--target", target, "--out", profile_path, "--no-progress"),
-                "pdserve profile --target")
+            meta["profile_foreign_cores_mean"] = serving_profile(target, profile_path)
         sampler.start()
         bench(target, out / "calibration.json", num_requests=args.calibration_requests, rate=args.calibration_rate,
               prompt=args.prompt_tokens, output=args.output_tokens, seed=args.seed + 1)
@@ -219,7 +233,7 @@ def compare(args: argparse.Namespace, out: Path, profile_path: str) -> int:
     report = json.loads((out / "bench.json").read_text())
     calibration_report = json.loads((out / "calibration.json").read_text())
     meta = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-    load_profile(profile_path)  # a bad file fails here, with every problem in it
+    profile = load_profile(profile_path)  # a bad file fails here, with every problem in it
     engine = load_config(None, {}).engine
     base = accuracy.Calibration(
         transfer_gb_s=args.transfer_gb_s, transfer_latency_ms=args.transfer_latency_ms,
@@ -234,10 +248,15 @@ def compare(args: argparse.Namespace, out: Path, profile_path: str) -> int:
         calibration = dataclasses.replace(calibration, request_overhead_ms=0.0, sources={
             **calibration.sources, "request_overhead_ms": "0: the serving profile's prefill times are client TTFTs"})
     config = accuracy.sim_config(profile_path, calibration, max_num_seqs=engine.max_num_seqs,
-                                 max_batched_tokens=engine.max_num_batched_tokens)
+                                 max_batched_tokens=engine.max_num_batched_tokens,
+                                 shared_host=bool(profile.interference) and not args.no_shared_host)
     summary, result = simulate(config, accuracy.workload_from_bench(report))
     rows = accuracy.compare(accuracy.measured_metrics(report), accuracy.predicted_metrics(summary))
     table = accuracy.markdown_table(rows)
+    rows_alone = None
+    if config.shared_host:  # the same simulation with the tiers on hardware of their own, beside it
+        summary_alone, _ = simulate(config.model_copy(update={"shared_host": False}), accuracy.workload_from_bench(report))
+        rows_alone = accuracy.compare(accuracy.measured_metrics(report), accuracy.predicted_metrics(summary_alone))
     quiet_rows, quiet_note, foreign = None, "", {}
     if meta.get("cpu_samples"):
         load = accuracy.foreign_cores(meta["cpu_samples"], os.sysconf("SC_CLK_TCK"))
@@ -258,6 +277,8 @@ def compare(args: argparse.Namespace, out: Path, profile_path: str) -> int:
                                           accuracy.predicted_metrics_of(result.requests, chosen))
     command = "benchmarks/sim_vs_real.py " + " ".join(sys.argv[1:])
     document = {"command": command, "rows": rows, "all_within": accuracy.all_within(rows),
+                "shared_host": config.shared_host, "rows_without_interference": rows_alone,
+                "interference": [p.model_dump() for p in profile.interference],
                 "quiet_rows": quiet_rows, "quiet_cores": args.quiet_cores, "foreign_note": quiet_note,
                 "foreign_cores_per_request": foreign,
                 "calibration": calibration.as_dict(), "profile": profile_path,
@@ -267,7 +288,9 @@ def compare(args: argparse.Namespace, out: Path, profile_path: str) -> int:
                 "real_usage": report["summary"].get("usage"), "run": meta,
                 "simulated": {k: v for k, v in summary.items() if k != "timeline"}}
     write_json(out / "comparison.json", document)
-    text = f"`{command}`\n\nAll {len(report['requests'])} requests:\n\n{table}\n"
+    text = f"`{command}`\n\nAll {len(report['requests'])} requests{_interference_note(profile, config)}:\n\n{table}\n"
+    if rows_alone:
+        text += f"\nThe same simulation without the tiers' interference:\n\n{accuracy.markdown_table(rows_alone)}\n"
     if quiet_note:
         text += f"\n{quiet_note}.\n"
     if quiet_rows:
@@ -280,6 +303,15 @@ def compare(args: argparse.Namespace, out: Path, profile_path: str) -> int:
     return 0 if accuracy.all_within(rows) else 1
 
 
+def _interference_note(profile, config) -> str:
+    """How the simulation modelled the two engines' shared host, for the table's heading."""
+    if not config.shared_host:
+        return ""
+    factors = ", ".join(f"{p.prompt_tokens} tokens: decode x{p.decode_slowdown:.2f}, prefill x{p.prefill_slowdown:.2f}"
+                        for p in profile.interference)
+    return f", tiers on a shared host (measured interference: {factors})"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/sim_vs_real", help="folder for every report (out/ is not tracked)")
@@ -289,6 +321,9 @@ def main() -> int:
     parser.add_argument("--serving-profile", action="store_true",
                         help="profile the running cluster through its API (pdserve profile --target) and simulate with that")
     parser.add_argument("--replay", action="store_true", help="no real run: re-simulate OUT/bench.json")
+    parser.add_argument("--no-shared-host", action="store_true",
+                        help="simulate the engines without the profile's measured interference (on by default when "
+                             "the profile has interference points)")
     parser.add_argument("--rate", type=float, default=0.5, help="Poisson arrivals per second (default 0.5)")
     parser.add_argument("--num-requests", type=int, default=100)
     parser.add_argument("--prompt-tokens", type=int, default=128)

@@ -28,6 +28,20 @@ Step-time models fitted from the points by non-negative least squares (numpy):
 over; it must divide `kv_bytes_per_token`. When absent, `EngineProfile.num_kv_layers` picks
 `DEFAULT_NUM_LAYERS` (32, a typical depth) or the largest count below it that divides the bytes.
 
+`interference` (optional, additive within version 1): how much the two tiers of a disaggregated
+cluster slow each other when they share a host, measured by `pdserve profile --target` per prompt
+length (`InterferencePoint`):
+
+```yaml
+interference:
+  points:
+    - {prompt_tokens: 128, decode_step_ms_alone: 40.0, decode_step_ms_during_prefill: 46.0,
+       decode_steps_during_prefill: 12, prefill_ms_alone: 260.0, prefill_ms_during_decode: 300.0}
+```
+
+`EngineProfile.decode_slowdown(prefill_tokens)` and `prefill_slowdown(prompt_tokens)` give the ratios
+(during / alone), linear in the prompt length between points and held beyond them; 1.0 without points.
+
 Life of a profile: 1. `pdserve profile` measures points and calls `EngineProfile.from_points(...).save(path)`;
 2. readers call `EngineProfile.load(path)`, which validates the file (pydantic) and fits the coefficients
 once; 3. the predictors (`predict_prefill_ms`, `predict_decode_step_ms`, ...) are pure.
@@ -117,6 +131,42 @@ class DecodeCoefficients(_Strict):
         return self
 
 
+class InterferencePoint(_Strict):
+    """The tiers on one host, measured at one prompt length: a decode stream's step with the prefill tier
+    idle and while the prefill engine computes a `prompt_tokens` prompt; that prompt's time to first
+    token with the decode tier idle and while the decode stream runs."""
+
+    prompt_tokens: int = Field(..., ge=1, description="Tokens of the prompt the prefill tier computed.")
+    decode_step_ms_alone: float = Field(..., gt=0, description="Median decode step, the prefill tier idle.")
+    decode_step_ms_during_prefill: float = Field(..., gt=0, description="Median decode step of the same stream "
+                                                 "while the prefill tier computed the prompt.")
+    decode_steps_during_prefill: int = Field(0, ge=0, description="Decode steps that median is taken over.")
+    prefill_ms_alone: float = Field(..., gt=0, description="Median time to first token of the prompt, decode idle.")
+    prefill_ms_during_decode: float = Field(..., gt=0, description="Median time to first token of the prompt while "
+                                            "the decode stream ran.")
+
+    @property
+    def decode_slowdown(self) -> float:
+        """How many times longer a decode step takes while the prefill tier computes."""
+        return self.decode_step_ms_during_prefill / self.decode_step_ms_alone
+
+    @property
+    def prefill_slowdown(self) -> float:
+        """How many times longer the prompt takes while the decode tier steps."""
+        return self.prefill_ms_during_decode / self.prefill_ms_alone
+
+
+class InterferenceSection(_Strict):
+    points: list[InterferencePoint] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct_lengths(self) -> InterferenceSection:
+        lengths = [p.prompt_tokens for p in self.points]
+        if len(set(lengths)) != len(lengths):
+            raise ValueError(f"one interference point per prompt length, got lengths {lengths}")
+        return self
+
+
 class PrefillSection(_Strict):
     points: list[PrefillPoint] = Field(default_factory=list)
     coefficients: PrefillCoefficients | None = None
@@ -159,6 +209,8 @@ class ProfileFile(_Strict):
                                    "kv_bytes_per_token); absent: see `EngineProfile.num_kv_layers`.")
     prefill: PrefillSection
     decode: DecodeSection
+    interference: InterferenceSection | None = Field(None, description="How the tiers slow each other on a shared "
+                                                     "host (`pdserve profile --target` of a disaggregated cluster).")
 
     @model_validator(mode="after")
     def _version(self) -> ProfileFile:
@@ -193,6 +245,7 @@ class EngineProfile:
     kv_capacity_tokens: int | None = None
     version: int = PROFILE_VERSION
     num_layers: int | None = None
+    interference: tuple[InterferencePoint, ...] = ()  # sorted by prompt length
 
     # construction
 
@@ -208,13 +261,16 @@ class EngineProfile:
         decode_points: Sequence[DecodePoint],
         kv_capacity_tokens: int | None = None,
         num_layers: int | None = None,
+        interference: Sequence[InterferencePoint] = (),
     ) -> EngineProfile:
-        """Validate measured points and fit both step-time models.
+        """Validate measured points and fit both step-time models; `interference`, when measured, is kept.
 
         Returns the profile. Raises ConfigError when the points are too few or cannot determine a fit.
         """
         section = {"prefill": {"points": [p.model_dump() for p in prefill_points]},
                    "decode": {"points": [p.model_dump() for p in decode_points]}}
+        if interference:
+            section["interference"] = {"points": [p.model_dump() for p in interference]}
         return cls._from_file(_validate(_file_dict(model, hardware, block_size, kv_bytes_per_token,
                                                    kv_capacity_tokens, section, num_layers), "measured points"))
 
@@ -263,6 +319,7 @@ class EngineProfile:
             kv_bytes_per_token=spec.kv_bytes_per_token, prefill_coefficients=prefill, decode_coefficients=decode,
             prefill_points=tuple(spec.prefill.points), decode_points=tuple(spec.decode.points),
             kv_capacity_tokens=spec.kv_capacity_tokens, version=spec.version, num_layers=spec.num_layers,
+            interference=tuple(sorted(spec.interference.points, key=lambda p: p.prompt_tokens)) if spec.interference else (),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -271,8 +328,11 @@ class EngineProfile:
                    else {"coefficients": self.prefill_coefficients.model_dump()})
         decode = ({"points": [p.model_dump() for p in self.decode_points]} if self.decode_points
                   else {"coefficients": self.decode_coefficients.model_dump()})
+        sections: dict[str, Any] = {"prefill": prefill, "decode": decode}
+        if self.interference:
+            sections["interference"] = {"points": [p.model_dump() for p in self.interference]}
         return _file_dict(self.model, self.hardware, self.block_size, self.kv_bytes_per_token,
-                          self.kv_capacity_tokens, {"prefill": prefill, "decode": decode}, self.num_layers)
+                          self.kv_capacity_tokens, sections, self.num_layers)
 
     def save(self, path: Path | str) -> None:
         """Write the profile: JSON when `path` ends in `.json`, YAML otherwise. Raises ConfigError on I/O."""
@@ -335,6 +395,22 @@ class EngineProfile:
         if batch < 1 or context < 0:
             raise ValueError("batch must be >= 1 and context >= 0")
         return batch * 1000.0 / self.predict_decode_step_ms(batch, batch * context)
+
+    def decode_slowdown(self, prefill_tokens: int) -> float:
+        """How many times longer a decode step takes while the prefill tier, on the same host, computes a
+        prompt of `prefill_tokens` tokens: the measured ratio, linear in the prompt length between the
+        interference points and held beyond them. 1.0 when the profile has no interference points."""
+        return self._interpolate(prefill_tokens, [p.decode_slowdown for p in self.interference])
+
+    def prefill_slowdown(self, prompt_tokens: int) -> float:
+        """How many times longer a prompt of `prompt_tokens` takes while the decode tier, on the same
+        host, steps; interpolated as `decode_slowdown`. 1.0 without interference points."""
+        return self._interpolate(prompt_tokens, [p.prefill_slowdown for p in self.interference])
+
+    def _interpolate(self, prompt_tokens: int, factors: list[float]) -> float:
+        if not factors:
+            return 1.0
+        return float(np.interp(prompt_tokens, [p.prompt_tokens for p in self.interference], factors))
 
     def kv_bytes(self, tokens: int) -> int:
         """KV cache bytes of `tokens` tokens, rounded up to whole blocks."""
@@ -425,6 +501,7 @@ __all__ = [
     "DecodePoint",
     "EngineProfile",
     "HardwareInfo",
+    "InterferencePoint",
     "PrefillCoefficients",
     "PrefillPoint",
     "ProfileFile",

@@ -150,13 +150,14 @@ def calibrate(calibration_report: dict[str, Any], base: Calibration) -> Calibrat
 
 
 def sim_config(profile_path: str, calibration: Calibration, *, max_num_seqs: int, max_batched_tokens: int,
-               model: str = "smollm2-135m", kv_tokens: int | None = None) -> SimConfig:
-    """The simulated twin of a 1 prefill + 1 decode cluster whose engines the profile measured."""
+               model: str = "smollm2-135m", kv_tokens: int | None = None, shared_host: bool = False) -> SimConfig:
+    """The simulated twin of a 1 prefill + 1 decode cluster whose engines the profile measured; with
+    `shared_host`, the two engines slow each other by the profile's measured interference."""
     return SimConfig(model=model, num_prefill=1, num_decode=1, timing="profile", profile=profile_path,
                      kv_tokens=kv_tokens, max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens,
                      transfer_gb_s=calibration.transfer_gb_s, transfer_latency_ms=calibration.transfer_latency_ms,
                      request_overhead_ms=calibration.request_overhead_ms,
-                     decode_kv_load_steps=calibration.decode_kv_load_steps, budgets="off")
+                     decode_kv_load_steps=calibration.decode_kv_load_steps, budgets="off", shared_host=shared_host)
 
 
 def compare(measured: dict[str, float], predicted: dict[str, float]) -> list[dict[str, Any]]:

@@ -44,6 +44,9 @@ def add_timing_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--profile", help="measured profile file from `pdserve profile`")
     group.add_argument("--coefficients", help="six numbers: prefill a,b,c and decode a,b,c (ms)")
     group.add_argument("--kv-tokens", type=int, help="KV capacity per engine in tokens (profile/coefficients timing)")
+    group.add_argument("--shared-host", action="store_true",
+                       help="the prefill and decode engines share one host (a CPU machine): a step runs slower while "
+                            "the other tier computes, by the --profile's measured interference points")
 
 
 def timing_changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -51,6 +54,8 @@ def timing_changes(args: argparse.Namespace) -> dict[str, Any]:
     model becomes the default --model. Raises ConfigError on a bad file or bad coefficients."""
     if args.profile and args.coefficients:
         raise ConfigError("give --profile or --coefficients, not both")
+    if args.shared_host and not args.profile:
+        raise ConfigError("--shared-host slows the tiers by a measured profile's interference points: give --profile")
     if args.kv_tokens is not None and not (args.profile or args.coefficients):
         raise ConfigError("--kv-tokens applies to --profile or --coefficients timing (the roofline sizes the KV cache "
                           "from the model and the accelerator)")
@@ -58,9 +63,12 @@ def timing_changes(args: argparse.Namespace) -> dict[str, Any]:
         from simulations.models import ALIASES, CATALOGUE
         from simulations.profile import load_profile
         profile = load_profile(args.profile, args.kv_tokens)
+        if args.shared_host and not profile.interference:
+            raise ConfigError(f"--shared-host: profile {args.profile} has no interference points (measure them with "
+                              "`pdserve profile --target HOST:PORT` on a disaggregated cluster)")
         model = ALIASES.get(profile.model, profile.model)
         return {"timing": "profile", "profile": args.profile, "kv_tokens": args.kv_tokens,
-                "default_model": model if model in CATALOGUE else None}
+                "shared_host": args.shared_host, "default_model": model if model in CATALOGUE else None}
     if args.coefficients:
         try:
             values = tuple(float(v) for v in args.coefficients.replace(",", " ").split())

@@ -13,6 +13,10 @@ answered at once with finish reason `error` and counted, never dropped.
 
 The planner (`simulations.autoscale`) hooks in through `on_tick` and resizes the pools with
 `add_engine` / `drain_engine`; `window` (when set) collects what it observes.
+
+With `shared_host` the engines share one host: each time an engine starts a step or goes idle, every
+engine's speed is set from the profile's measured interference (`simulations.interference`): a decode
+engine runs slower while a prefill engine computes, a prefill engine while a decode engine steps.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from simulations.config import SimConfig
 from simulations.engine import Engine
 from simulations.events import Event, EventLoop
 from simulations.hardware import get_accelerator
+from simulations.interference import TierInterference
 from simulations.models import get_model
 from simulations.power import PowerModel
 from simulations.profile import ProfileTiming, load_profile
@@ -52,6 +57,16 @@ def build_timing(config: SimConfig, tier: str, power: PowerModel) -> BaseTiming:
         return ProfileTiming(load_profile(config.profile, config.kv_tokens), config.kv_tokens)  # type: ignore[arg-type]
     return RooflineTiming(get_model(config.model), get_accelerator(config.accelerator), tp, config.efficiency,
                           prefill_clock=power.clock_factor("prefill"), decode_clock=power.clock_factor("decode"))
+
+
+def build_interference(config: SimConfig, timing: BaseTiming) -> TierInterference:
+    """The tiers' interference on a shared host, from the profile's measured points. Raises ConfigError
+    when the timing is not a profile or the profile has no interference points."""
+    if not isinstance(timing, ProfileTiming) or not timing.profile.interference:
+        raise ConfigError(f"shared_host needs a profile with measured interference points (measure one with "
+                          f"`pdserve profile --target HOST:PORT` on a disaggregated cluster); "
+                          f"{config.profile or 'the ' + config.timing + ' timing'} has none")
+    return TierInterference(timing.profile)
 
 
 @dataclass
@@ -88,6 +103,7 @@ class Cluster:
                                    else self.model.kv_bytes_per_token)
         self.transfer_bytes_per_s = (config.transfer_gb_s * 1e9 if config.transfer_gb_s
                                      else accelerator.scale_out_bytes_per_s * min(config.prefill_tp, config.decode_tp))
+        self.interference = build_interference(config, timing) if config.shared_host else None
         self.router_index = PrefixIndex(config.router.prefix_cache_blocks)
         self.engine_index = PrefixIndex(ENGINE_CACHE_BLOCKS)
         self.engines: dict[str, Engine] = {}
@@ -119,7 +135,7 @@ class Cluster:
         engine = Engine(worker_id, tier, self.timing[key], tp, self.config.max_num_seqs, self.config.max_batched_tokens,
                         self._prefilled, self._finished, started_s=now,
                         kv_load_steps=self.config.decode_kv_load_steps if tier == "decode" else 0,
-                        on_idle=self._idle)
+                        on_idle=self._idle, on_step=self._interfere if self.interference is not None else None)
         engine.ready_s = now + self.config.worker_start_s if ready_s is None else ready_s
         if self.window is not None:
             engine.on_token_gaps = self.window.on_token_gaps  # type: ignore[attr-defined]
@@ -141,6 +157,23 @@ class Cluster:
 
     def _idle(self, now: float, engine: Engine) -> None:
         self._retire_if_done(engine, now)
+
+    def _interfere(self, now: float, _: Engine) -> list[Event]:
+        """An engine started a step or went idle (shared host): set every engine's speed from what the
+        other tier now computes. A colocated engine has no other tier and keeps its speed."""
+        live = list(self.engines.values())
+        prefill_tokens = max((e.step_prompt_tokens for e in live if e.tier == "prefill"), default=0)
+        decode_busy = any(e.busy for e in live if e.tier == "decode")
+        events: list[Event] = []
+        for engine in live:
+            if engine.tier == "prefill":
+                factor = self.interference.prefill_factor(engine.step_prompt_tokens, decode_busy)  # type: ignore[union-attr]
+            elif engine.tier == "decode":
+                factor = self.interference.decode_factor(prefill_tokens)  # type: ignore[union-attr]
+            else:
+                continue
+            events += engine.slow_down(now, factor)
+        return events
 
     def _retire_if_done(self, engine: Engine, now: float) -> None:
         if engine.draining and engine.idle and engine.worker_id in self.engines:

@@ -44,6 +44,9 @@ class SimConfig(ConfigModel):
                                        "a worker, plus the first token's way back (API, tokenization, admission, RPC).")
     decode_kv_load_steps: int = Field(1, ge=0, le=8, description="Engine steps a decode engine takes to load a received "
                                       "request's KV before scheduling it (vLLM's asynchronous KV load: one step).")
+    shared_host: bool = Field(False, description="The prefill and decode engines share one host (e.g. the cores of one "
+                              "CPU machine): a step runs slower while the other tier computes, by the profile's measured "
+                              "interference points (timing=profile). Off: every engine has its hardware to itself.")
     power_cap_fraction: float = Field(1.0, gt=0, le=1, description="GPU power cap as a share of board power.")
     pue: float = Field(1.2, ge=1, le=3, description="Facility power usage effectiveness.")
     usd_per_kwh: float = Field(0.08, ge=0, description="Electricity price.")
@@ -70,6 +73,8 @@ class SimConfig(ConfigModel):
             raise ValueError("a disaggregated cluster needs num_prefill >= 1 (or mode=colocated)")
         if self.timing == "profile" and not self.profile:
             raise ValueError("timing=profile needs a profile file")
+        if self.shared_host and self.timing != "profile":
+            raise ValueError("shared_host slows the tiers by a profile's measured interference: it needs timing=profile")
         if self.timing == "coefficients" and self.coefficients is None:
             raise ValueError("timing=coefficients needs six coefficients")
         if self.autoscale and self.mode == "colocated":

@@ -12,6 +12,11 @@ A request stopped by its budget while the engine holds it (`cancel`) leaves at t
 (from a running batch) or at once (from a queue), giving back its KV; one inside a running prefill
 step leaves when that step ends.
 
+Steps are timed on the engine's `StretchedClock` (`simulations.interference`): in work time, which is
+wall time unless the cluster slows the engine down (`slow_down`: tiers sharing a host, `on_step` tells
+the cluster when a step starts or the engine goes idle); a step whose factor changes midway ends later
+or sooner, each part of it at the factor of its time.
+
 The engine knows only its own queues; the cluster (`simulations.cluster`) routes to it, moves KV out of
 prefill engines, and hears about first tokens and finishes through the two callbacks.
 """
@@ -22,11 +27,13 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from simulations.events import Event
+from simulations.interference import StretchedClock
 from simulations.request import SimRequest
 from simulations.timing import BaseTiming
 
 Callback = Callable[[float, "Engine", SimRequest], "Iterable[Event] | None"]
 IdleCallback = Callable[[float, "Engine"], None]
+StepCallback = Callable[[float, "Engine"], "list[Event]"]
 
 
 class Engine:
@@ -34,12 +41,15 @@ class Engine:
 
     def __init__(self, worker_id: str, tier: str, timing: BaseTiming, num_gpus: int, max_num_seqs: int,
                  max_batched_tokens: int, on_prefilled: Callback, on_finished: Callback, started_s: float = 0.0,
-                 kv_load_steps: int = 0, on_idle: IdleCallback | None = None) -> None:
+                 kv_load_steps: int = 0, on_idle: IdleCallback | None = None,
+                 on_step: StepCallback | None = None) -> None:
         self.worker_id, self.tier, self.timing, self.num_gpus = worker_id, tier, timing, num_gpus
         self.max_num_seqs, self.max_batched_tokens = max_num_seqs, max_batched_tokens
         self.kv_capacity = timing.kv_capacity_tokens()
         self.kv_load_steps = kv_load_steps
         self._on_prefilled, self._on_finished, self._on_idle = on_prefilled, on_finished, on_idle
+        self._on_step = on_step  # a step starts or the engine goes idle: the cluster may slow engines down
+        self.clock = StretchedClock()
         self.on_token_gaps: Callable[[float, int, float], None] | None = None  # (now, tokens, ms apart), when observed
         self._step_start_s = started_s
         self.prefill_queue: deque[SimRequest] = deque()
@@ -58,14 +68,21 @@ class Engine:
         self._has_cancelled = False
         self.boundary_s = started_s  # the last step boundary
         self.busy_until_s = 0.0  # when the step (or span) now running ends
+        self.step_prompt_tokens = 0  # prompt tokens the running step computes (0: decode only, or idle)
         self._gen = 0
-        self._span: tuple[float, int, int, int] | None = None  # (start, batch, sum_context, steps) of a decode span
+        self._span: tuple[float, int, int, int] | None = None  # (work start, batch, sum_context, steps) of a decode span
         self._chunks: list[tuple[SimRequest, int]] = []
+        self._step_end_work_s = 0.0  # work time at which the running chunked step ends
 
     # Load as the router sees it ----------------------------------------------------------------
     @property
     def idle(self) -> bool:
         return not (self._busy or self.prefill_queue or self.loading or self.waiting or self.running or self.num_incoming)
+
+    @property
+    def busy(self) -> bool:
+        """A step (or a span of decode steps) is running."""
+        return self._busy
 
     @property
     def num_waiting(self) -> int:
@@ -106,10 +123,10 @@ class Engine:
         if self._span is None:
             return done, last_s
         start, batch, sum_context, steps = self._span
-        more = self.timing.decode_steps_within(batch, sum_context, (now - start) * 1e3, steps)
+        more = self.timing.decode_steps_within(batch, sum_context, (self.clock.work_s(now) - start) * 1e3, steps)
         if not more:
             return done, last_s
-        return done + more, start + self.timing.decode_span_ms(batch, sum_context, more) / 1e3
+        return done + more, self.clock.wall_s(start + self.timing.decode_span_ms(batch, sum_context, more) / 1e3)
 
     def _purge_cancelled(self) -> None:
         if not self._has_cancelled:
@@ -155,19 +172,36 @@ class Engine:
         if self._span is None:
             return []
         start, batch, sum_context, steps = self._span
-        done = self.timing.decode_steps_within(batch, sum_context, (now - start) * 1e3, steps)
+        done = self.timing.decode_steps_within(batch, sum_context, (self.clock.work_s(now) - start) * 1e3, steps)
         if done + 1 >= steps:
             return []
-        self._gen += 1
         self._span = (start, batch, sum_context, done + 1)
-        end = start + self.timing.decode_span_ms(batch, sum_context, done + 1) / 1e3
-        self.busy_until_s = end
-        return [(end, self._span_done, self._gen)]
+        return self._schedule_end()
+
+    def slow_down(self, now: float, factor: float) -> list[Event]:
+        """From `now` on the engine works `factor` times slower (1: full speed). Called by the cluster
+        when the other tier on its host starts or stops computing; a running step ends accordingly later
+        or sooner. Returns the step's new end event (the old one is then ignored)."""
+        if factor == self.clock.factor:
+            return []
+        self.clock.set_factor(now, factor)
+        return self._schedule_end() if self._span is not None or self._chunks else []
+
+    def _schedule_end(self) -> list[Event]:
+        """The end event of the running span or chunked step, at the clock's current factor."""
+        self._gen += 1
+        if self._span is not None:
+            start, batch, sum_context, steps = self._span
+            self.busy_until_s = self.clock.wall_s(start + self.timing.decode_span_ms(batch, sum_context, steps) / 1e3)
+            return [(self.busy_until_s, self._span_done, self._gen)]
+        self.busy_until_s = self.clock.wall_s(self._step_end_work_s)
+        return [(self.busy_until_s, self._chunked_done, self._gen)]
 
     # Scheduling --------------------------------------------------------------------------------
     def _start(self, now: float) -> list[Event]:
         """A step boundary (or new work at an idle engine): form and run the next step."""
         self.boundary_s = now
+        self.clock.forget_before(now)
         self._purge_cancelled()
         self._advance_loading()
         events = self._admit(now)
@@ -180,9 +214,10 @@ class Engine:
         if self.loading:  # nothing to compute: an empty step advances the KV loads and takes no time
             return events + self._start(now)
         self._busy = False
+        self.step_prompt_tokens = 0
         if self._on_idle is not None:
             self._on_idle(now, self)
-        return events
+        return events + self._notify_step(now)
 
     def _admit(self, now: float) -> list[Event]:
         while self.waiting and len(self.running) < self.max_num_seqs:
@@ -219,31 +254,37 @@ class Engine:
 
     def _run_chunked(self, now: float, chunks: list[tuple[SimRequest, int]]) -> list[Event]:
         self._busy = True
+        self.step_prompt_tokens = sum(take for _, take in chunks)
+        events = self._notify_step(now)  # before the step is timed: its own factor may change
         self._chunks = chunks
         for request, _ in chunks:
             if request.prefill_start_s < 0:
                 request.prefill_start_s = now
         step_s = self.timing.mixed_ms([(take, r.prompt_tokens - r.prefill_left) for r, take in chunks],
                                       len(self.running), self.sum_context) / 1e3
-        self.prefill_busy_s += step_s
-        self._gen += 1
         self._step_start_s = now
-        self.busy_until_s = now + step_s
-        return [(now + step_s, self._chunked_done, self._gen)]
+        self._step_end_work_s = self.clock.work_s(now) + step_s
+        return events + self._schedule_end()
 
     def _run_span(self, now: float) -> list[Event]:
         self._busy = True
+        self.step_prompt_tokens = 0
+        events = self._notify_step(now)
         batch, steps = len(self.running), min(r.remaining for r in self.running)
         if self.loading:  # a request loading its KV joins at a boundary soon: run one step at a time
             steps = 1
-        self._span = (now, batch, self.sum_context, steps)
-        self._gen += 1
-        end = now + self.timing.decode_span_ms(batch, self.sum_context, steps) / 1e3
-        self.busy_until_s = end
-        return [(end, self._span_done, self._gen)]
+        self._span = (self.clock.work_s(now), batch, self.sum_context, steps)
+        self._step_start_s = now
+        return events + self._schedule_end()
+
+    def _notify_step(self, now: float) -> list[Event]:
+        return self._on_step(now, self) if self._on_step is not None else []
 
     # Step completions --------------------------------------------------------------------------
     def _chunked_done(self, now: float, gen: int) -> list[Event]:
+        if gen != self._gen:
+            return []  # superseded: the step was slowed down or sped up
+        self.prefill_busy_s += now - self._step_start_s
         if self.on_token_gaps is not None and self.running:
             self.on_token_gaps(now, len(self.running), (now - self._step_start_s) * 1e3)
         events = self._advance_decode(now, 1)
@@ -259,11 +300,11 @@ class Engine:
     def _span_done(self, now: float, gen: int) -> list[Event]:
         if gen != self._gen or self._span is None:
             return []  # superseded by a shorter span
-        start, batch, _, steps = self._span
+        _, batch, _, steps = self._span
         self._span = None
-        self.decode_busy_s += now - start
+        self.decode_busy_s += now - self._step_start_s
         if self.on_token_gaps is not None:
-            self.on_token_gaps(now, batch * steps, (now - start) * 1e3 / steps)
+            self.on_token_gaps(now, batch * steps, (now - self._step_start_s) * 1e3 / steps)
         return self._advance_decode(now, steps) + self._start(now)
 
     def _advance_decode(self, now: float, steps: int) -> list[Event]:

@@ -8,16 +8,25 @@ Everything goes through the `BaseEngine` interface, so vLLM and the timing engin
    time of one step computing several prompts of one length submitted together (`measure_prefill`: an
    engine may split them over steps; the last step is measured then);
 3. decode points: per (batch, context), `batch` requests with `context`-token prompts decode together;
-   the step time is the median time per token from the moment every one of them decodes until the
-   first one finishes. The point's context is the tokens in the KV cache at the start of those steps,
-   summed over the batch and averaged over the steps;
+   the step time is the median time per token from the moment every one of them decodes (and, with
+   `decode_warmup_steps`, that many steps later) until the first one finishes. The point's context is
+   the tokens in the KV cache at the start of those steps, summed over the batch and averaged over the
+   steps;
 4. with `passes` > 1, steps 2 and 3 again, each point keeping its fastest pass (on a shared machine,
    other processes only ever slow a step down);
-5. `EngineProfile.from_points(...)`, with `kv_bytes_per_token` and the KV capacity
+5. with `interference_rounds` > 0 (a disaggregated cluster measured through its API, whose tiers may
+   share a host), per prompt length of `interference_prompt_lengths` (`measure_interference`): the
+   prompt's TTFT alone (each after `TIER_IDLE_S` without requests), then one decode stream during which
+   that prompt is sent `interference_rounds` times (more for a short prompt, until its windows add up to
+   `MIN_WINDOW_S`), one at a time, a few decode outputs apart, then the
+   TTFT alone again; the stream's gaps inside a prompt's window (sent to first token) against those
+   outside any window give the decode slowdown, the windows against the TTFT alone the prefill slowdown
+   (`InterferencePoint`);
+6. `EngineProfile.from_points(...)`, with `kv_bytes_per_token` and the KV capacity
    (`num_total_blocks * block_size`) from `EngineInfo`.
 Prompts are random word ids, distinct per request, so no prefix cache shortens a prompt. Greedy, EOS
-ignored: every request runs exactly its `max_tokens`. Times come from `clock` (tests give the timing
-engine's fake clock); a progress bar goes to stderr.
+ignored: every request runs exactly its `max_tokens`. Times come from `clock` and pauses from `sleep`
+(tests give fake ones); a progress bar goes to stderr.
 """
 
 from __future__ import annotations
@@ -25,19 +34,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from pathlib import Path
 
 import numpy as np
 
-from orchestrator.profiles import DecodePoint, EngineProfile, HardwareInfo, PrefillPoint
+from orchestrator.profiles import DecodePoint, EngineProfile, HardwareInfo, InterferencePoint, PrefillPoint
 from workers.engine.base import BaseEngine, EngineInfo, EngineRequest
 
 log = logging.getLogger(__name__)
@@ -45,8 +55,16 @@ log = logging.getLogger(__name__)
 TOKEN_IDS = (256, 8192)  # prompt ids: words of the timing tokenizer, ordinary tokens of real vocabularies
 SPLIT_FRACTION = 0.1  # first tokens this close (a share of the time since submission) came from one step
 WARMUP_REQUESTS = 3
+SETTLE_OUTPUTS = 4  # decode outputs let pass after the stream's hand-off and after each interfering prompt
+INTERFERENCE_SLACK = 2.0  # stream tokens per round: enough for a prompt this many times slower than alone
+MIN_WINDOW_S = 6.0  # prompts beside the stream for at least this long per length (short prompts: more rounds)
+MIN_GAPS = 3  # decode gaps needed inside and outside the prompts' windows
+# Pause before a prompt timed alone: vLLM's processes busy-wait for a second after their last step
+# (shm_broadcast's busy_loop_s), and on a shared host that slows the other tier as its steps do.
+TIER_IDLE_S = 1.5
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -59,18 +77,22 @@ class ProfileGrid:
     decode_context_lengths: tuple[int, ...] = (64, 256, 1024)
     max_decode_prompt_tokens: int = 4096  # a decode point's prompts together (their prefill is most of its time)
     decode_steps: int = 9  # measured steps of each decode point
+    decode_warmup_steps: int = 0  # steps of each decode point let pass before the measured ones
     repeats: int = 3  # prefill measurements per point (the median is kept)
     passes: int = 1  # times the whole grid is measured; each point keeps its fastest pass
+    interference_prompt_lengths: tuple[int, ...] = (128, 1024)
+    interference_rounds: int = 0  # prompts sent beside one decode stream, per length (0: not measured)
 
     def fitted(self, *, max_model_len: int, max_batched_tokens: int, max_num_seqs: int,
                kv_capacity_tokens: int) -> ProfileGrid:
         """The grid without points the engine cannot run: a prefill point must fit one step, a decode
         point `max_model_len`, the batch limit and the KV cache."""
         longest = min(max_model_len - 1, max_batched_tokens)
-        per_request = self.decode_steps + 3  # generated tokens of a decode request
+        per_request = self.decode_warmup_steps + self.decode_steps + 3  # generated tokens of a decode request
         return replace(
             self,
             prompt_lengths=tuple(n for n in self.prompt_lengths if n <= longest),
+            interference_prompt_lengths=tuple(n for n in self.interference_prompt_lengths if n <= longest),
             prefill_batches=tuple((b, n) for b, n in self.prefill_batches
                                   if b <= max_num_seqs and b * n <= max_batched_tokens and n <= longest),
             decode_batch_sizes=tuple(b for b in self.decode_batch_sizes if b <= max_num_seqs),
@@ -85,8 +107,9 @@ class ProfileGrid:
 
     @property
     def num_points(self) -> int:
-        """Measurements of all passes."""
-        return self.passes * (len(self.prompt_lengths) + len(self.prefill_batches) + len(self.decode_points()))
+        """Measurements of all passes, and the interference points."""
+        interference = len(self.interference_prompt_lengths) if self.interference_rounds else 0
+        return self.passes * (len(self.prompt_lengths) + len(self.prefill_batches) + len(self.decode_points())) + interference
 
 
 @dataclass(frozen=True)
@@ -143,28 +166,36 @@ async def measure_prefill(engine: BaseEngine, prompts: _Prompts, batch: int, len
 
 
 async def measure_decode(engine: BaseEngine, prompts: _Prompts, batch: int, context: int, steps: int,
-                         clock: Clock) -> DecodePoint | None:
-    """One decode point: `batch` requests of `context` prompt tokens; None when too few steps were seen."""
-    streams = await _together(engine, [prompts.request(context, steps + 3) for _ in range(batch)], clock)
+                         clock: Clock, warmup_steps: int = 0) -> DecodePoint | None:
+    """One decode point: `batch` requests of `context` prompt tokens, `steps` steps measured once every
+    request decodes and `warmup_steps` more have passed; None when too few steps were seen."""
+    streams = await _together(engine, [prompts.request(context, warmup_steps + steps + 3) for _ in range(batch)], clock)
     ready = max(stream[0][0] for stream in streams)  # every request decodes from here on
     first_done = min(streams, key=lambda stream: stream[-1][0])
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(first_done)]
     tolerance = statistics.median(gaps) / 4 if gaps else 0.0  # outputs of the step that made `ready`
     window = [(t, n) for t, n in first_done if t > ready + tolerance]
-    in_window = sum(n for _, n in window)
-    if in_window < 2:
+    skipped, measured = 0, []
+    for (start, _), (t, n) in itertools.pairwise([(ready, 0), *window]):
+        if skipped < warmup_steps:
+            skipped += n
+        else:
+            measured.append((start, t, n))
+    in_measured = sum(n for _, _, n in measured)
+    if in_measured < 2:
         return None
     # The median step: robust to a step that another process on the machine slowed down.
-    starts = [ready] + [t for t, _ in window[:-1]]
-    step_s = statistics.median((t - start) / n for start, (t, n) in zip(starts, window, strict=True))
+    step_s = statistics.median((t - start) / n for start, t, n in measured)
     # Before the j-th step of the window a request holds its prompt and g0 + j - 2 generated tokens in
-    # the cache (g0: tokens it had when the window opened; the newest one is computed by the step).
-    cached = [context + sum(n for t, n in stream if t <= ready + tolerance) - 2 + (in_window + 1) / 2 for stream in streams]
+    # the cache (g0: tokens it had when the window opened; the newest one is computed by the step); the
+    # measured steps are j = skipped + 1 .. skipped + in_measured.
+    mean_j = skipped + (in_measured + 1) / 2
+    cached = [context + sum(n for t, n in stream if t <= ready + tolerance) - 2 + mean_j for stream in streams]
     return DecodePoint(batch_size=batch, total_context_tokens=round(sum(cached)), step_ms=step_s * 1000.0)
 
 
 async def profile_engine(engine: BaseEngine, info: EngineInfo, target: ProfileTarget, grid: ProfileGrid | None = None,
-                         *, clock: Clock = time.perf_counter, progress: bool = False,
+                         *, clock: Clock = time.perf_counter, sleep: Sleep = asyncio.sleep, progress: bool = False,
                          time_limit_s: float | None = None) -> EngineProfile:
     """Measure a started engine (see the module docstring) and return its profile.
 
@@ -202,13 +233,22 @@ async def profile_engine(engine: BaseEngine, info: EngineInfo, target: ProfileTa
                 bar.update(1)
             for key in grid.decode_points():
                 if due(f"decode {key[0]}x{key[1]}"):
-                    point = await measure_decode(engine, prompts, *key, grid.decode_steps, clock)
+                    point = await measure_decode(engine, prompts, *key, grid.decode_steps, clock,
+                                                 grid.decode_warmup_steps)
                     _keep_fastest(decode, key, point, lambda p: p.step_ms)
                 bar.update(1)
+        interference = []
+        for length in grid.interference_prompt_lengths if grid.interference_rounds else ():
+            if due(f"interference {length}") and decode:
+                point = await measure_interference(engine, prompts, length, grid, _step_hint_ms(decode.values()),
+                                                   info.max_model_len, clock, sleep)
+                interference += [point] if point is not None else []
+            bar.update(1)
     return EngineProfile.from_points(
         model=target.model, hardware=target.hardware, block_size=info.block_size,
         kv_bytes_per_token=info.kv_bytes_per_token, prefill_points=list(prefill.values()),
-        decode_points=list(decode.values()), kv_capacity_tokens=capacity or None, num_layers=target.num_layers)
+        decode_points=list(decode.values()), kv_capacity_tokens=capacity or None, num_layers=target.num_layers,
+        interference=interference)
 
 
 def _keep_fastest(points: dict, key: tuple[int, int], point: Any, time_of: Callable[[Any], float]) -> None:
@@ -231,6 +271,109 @@ async def _prefill_point(engine: BaseEngine, prompts: _Prompts, batch: int, leng
         return None
     size, times = max(measured.items(), key=lambda item: (len(item[1]), item[0]))
     return PrefillPoint(prompt_tokens=length, batch_size=size, ttft_ms=statistics.median(times))
+
+
+# ---- how the tiers of a cluster slow each other --------------------------------------------------------
+
+
+async def measure_interference(engine: BaseEngine, prompts: _Prompts, prompt_tokens: int, grid: ProfileGrid,
+                               step_hint_ms: float, max_model_len: int, clock: Clock,
+                               sleep: Sleep = asyncio.sleep) -> InterferencePoint | None:
+    """One interference point (module docstring, step 5): the prompt's TTFT alone (median of
+    `grid.repeats` before the stream and as many after it, each after `TIER_IDLE_S` of quiet), and one
+    decode stream of the grid's shortest context with `grid.interference_rounds` such prompts (or as
+    many as take `MIN_WINDOW_S` alone) sent beside it, one at a time. `step_hint_ms` (a decode step
+    measured before) sizes the stream: tokens for every round if a prompt beside it took
+    `INTERFERENCE_SLACK` times its time alone. Only meaningful where prompts and the stream run on
+    different engines (a disaggregated cluster): one engine would compute them in the same steps. Runs
+    on the profiler's event loop; None when too few gaps fell inside or outside the windows."""
+    alone_ms = await _alone_ms(engine, prompts, prompt_tokens, grid.repeats, clock, sleep)
+    context = min(grid.decode_context_lengths)
+    rounds = max(grid.interference_rounds, math.ceil(MIN_WINDOW_S * 1000.0 / statistics.median(alone_ms)))
+    per_round = math.ceil(INTERFERENCE_SLACK * statistics.median(alone_ms) / step_hint_ms) + SETTLE_OUTPUTS
+    max_tokens = min(1 + SETTLE_OUTPUTS + rounds * per_round, max_model_len - context - 1)
+    outputs, windows = await _decode_beside_prompts(engine, prompts, prompts.request(context, max_tokens),
+                                                    prompt_tokens, rounds, clock)
+    alone_ms += await _alone_ms(engine, prompts, prompt_tokens, grid.repeats, clock, sleep)
+    point = compute_interference(prompt_tokens, outputs, windows, statistics.median(alone_ms))
+    if point is None:
+        log.warning("interference %d: too few decode steps inside or outside the prompts' windows; point dropped",
+                    prompt_tokens)
+    return point
+
+
+async def _alone_ms(engine: BaseEngine, prompts: _Prompts, length: int, repeats: int, clock: Clock,
+                    sleep: Sleep) -> list[float]:
+    """TTFTs of `repeats` prompts of `length`, one at a time, each after `TIER_IDLE_S` of quiet."""
+    times = []
+    for _ in range(repeats):
+        await sleep(TIER_IDLE_S)
+        times.append(await _window_ms(engine, prompts, length, clock))
+    return times
+
+
+async def _window(engine: BaseEngine, request: EngineRequest, clock: Clock) -> tuple[float, float]:
+    """(sent, first token) of one request."""
+    sent = clock()
+    return sent, (await _arrivals(engine, request, clock))[0][0]
+
+
+async def _window_ms(engine: BaseEngine, prompts: _Prompts, length: int, clock: Clock) -> float:
+    sent, first = await _window(engine, prompts.request(length, 1), clock)
+    return (first - sent) * 1000.0
+
+
+async def _decode_beside_prompts(engine: BaseEngine, prompts: _Prompts, stream: EngineRequest, prompt_tokens: int,
+                                 rounds: int, clock: Clock) -> tuple[list[tuple[float, int]], list[tuple[float, float]]]:
+    """Run `stream`; after its first output and then after each prompt's first token, let
+    `SETTLE_OUTPUTS` outputs pass and send the next prompt (at most `rounds`). Returns the stream's
+    outputs (time, tokens) and the windows (sent, first token) of the prompts that ended while it ran."""
+    outputs: list[tuple[float, int]] = []
+    windows: list[tuple[float, float]] = []
+    running: asyncio.Task | None = None
+    since = -1  # outputs since the stream's first one, or since the last prompt's first token
+    async for out in engine.generate(stream):
+        if not out.token_ids:
+            continue
+        outputs.append((clock(), len(out.token_ids)))
+        if running is not None and running.done():
+            windows.append(running.result())
+            running, since = None, 0
+        since += 1
+        if running is None and len(windows) < rounds and since > SETTLE_OUTPUTS:
+            running = asyncio.create_task(_window(engine, prompts.request(prompt_tokens, 1), clock))
+    if running is not None:
+        window = await running
+        windows += [window] if window[1] <= outputs[-1][0] else []  # one the stream outlived only
+    return outputs, windows
+
+
+def compute_interference(prompt_tokens: int, outputs: Sequence[tuple[float, int]],
+                         windows: Sequence[tuple[float, float]], prefill_alone_ms: float) -> InterferencePoint | None:
+    """The interference point of a decode stream's `outputs` (time, tokens) and the `windows` (sent,
+    first token) of prompts computed beside it. A gap between two outputs (per token) is inside when a
+    window holds both ends, alone when it overlaps no window; gaps that straddle a window's edge, and
+    those of the first `SETTLE_OUTPUTS` outputs (the hand-off), count as neither. None with fewer than
+    `MIN_GAPS` of either or no window."""
+    inside, alone = [], []
+    for (start, _), (end, tokens) in itertools.pairwise(outputs[SETTLE_OUTPUTS:]):
+        gap_ms = (end - start) * 1000.0 / tokens
+        if any(sent <= start and end <= first for sent, first in windows):
+            inside.append(gap_ms)
+        elif all(end <= sent or start >= first for sent, first in windows):
+            alone.append(gap_ms)
+    if not windows or len(inside) < MIN_GAPS or len(alone) < MIN_GAPS:
+        return None
+    return InterferencePoint(
+        prompt_tokens=prompt_tokens, decode_step_ms_alone=statistics.median(alone),
+        decode_step_ms_during_prefill=statistics.median(inside), decode_steps_during_prefill=len(inside),
+        prefill_ms_alone=prefill_alone_ms,
+        prefill_ms_during_decode=statistics.median((first - sent) * 1000.0 for sent, first in windows))
+
+
+def _step_hint_ms(points: Iterable[DecodePoint]) -> float:
+    """The measured decode step of the smallest batch (its shortest context first)."""
+    return min(points, key=lambda p: (p.batch_size, p.total_context_tokens)).step_ms
 
 
 # ---- what the profile was measured on ----------------------------------------------------------------

@@ -11,7 +11,9 @@ With `--target HOST:PORT` nothing is started: `ClusterEngine` presents a running
 as the engine, so the same measurements time the whole serving path as a client sees it (the gateway,
 Ray, the prefill engine, the KV hand-off, the decode engine, and whatever else shares their machines).
 That is the profile to simulate a cluster with when its engines do not have their hardware to
-themselves, as on a small CPU host (docs/simulator.md, Accuracy).
+themselves, as on a small CPU host (docs/simulator.md, Accuracy). On a disaggregated cluster it also
+measures how much the tiers slow each other (`--interference-rounds`, the file's `interference` points:
+a decode stream's steps while prompts are computed beside it, and those prompts' TTFT beside it).
 """
 
 from __future__ import annotations
@@ -35,13 +37,20 @@ EXAMPLES = """examples:
   pdserve profile --engine timing --profile smollm2-cpu.yaml --out replay.yaml   # the timing engine (a check)
   pdserve profile --prompt-lengths 32,128,512 --decode-batches 1,4,16 --decode-contexts 64,512 --out quick.yaml
   pdserve profile --target 127.0.0.1:50051 --out served.yaml  # a running cluster, through its API
+  pdserve profile --target 127.0.0.1:50051 --interference-rounds 0 --out served.yaml   # without the tiers' interference
 
 exit codes: 0 written, 1 the engine or the measurement failed, 2 bad flags"""
 
 
 # Through a cluster a decode point's requests join the batch one hand-off after another: more steps
-# keep the median step to those with the whole batch.
-CLUSTER_DECODE_STEPS = 16
+# keep the median step to those with the whole batch. And a decode tier that was idle runs its first
+# seconds of steps slower (measured on the 2-core CPU cluster: a lone stream's steps in 20-step medians
+# 56-59, 47-48, 38-42, 34-39 ms; docs/simulator.md, runs 6-9): a served tier that decodes all the time does
+# not, so a point's first steps are let pass before the measured ones.
+CLUSTER_DECODE_STEPS = 32
+CLUSTER_DECODE_WARMUP_STEPS = 32
+# Prompts sent beside one decode stream per interference length (a disaggregated cluster through its API).
+CLUSTER_INTERFERENCE_ROUNDS = 6
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,10 +77,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     grid.add_argument("--prefill-batches", metavar="LIST", help="prompts x length computed together (default: 4x64,4x256,8x128)")
     grid.add_argument("--decode-batches", metavar="LIST", help="decode batch sizes (default: 1,2,4,8,16)")
     grid.add_argument("--decode-contexts", metavar="LIST", help="decode context lengths (default: 64,256,1024)")
-    grid.add_argument("--decode-steps", type=int, metavar="N", help="steps measured per decode point (default: 9)")
+    grid.add_argument("--decode-steps", type=int, metavar="N", help="steps measured per decode point (default: 9; "
+                                                                  f"{CLUSTER_DECODE_STEPS} with --target)")
+    grid.add_argument("--decode-warmup-steps", type=int, metavar="N",
+                      help=f"steps of each decode point let pass before the measured ones (default: 0; "
+                           f"{CLUSTER_DECODE_WARMUP_STEPS} with --target)")
     grid.add_argument("--repeats", type=int, metavar="N", help="measurements per prefill point (default: 3)")
     grid.add_argument("--passes", type=int, metavar="N", help="measure the whole grid N times, keep each point's fastest "
                                                              "(a machine shared with other work; default: 1)")
+    grid.add_argument("--interference-rounds", type=int, metavar="N",
+                      help="with --target on a disaggregated cluster: prompts sent beside one decode stream per "
+                           "interference length, to measure how the tiers slow each other on a shared host "
+                           f"(default: {CLUSTER_INTERFERENCE_ROUNDS}; 0: not measured)")
+    grid.add_argument("--interference-lengths", metavar="LIST", help="prompt lengths of those prompts (default: 128,1024)")
     grid.add_argument("--time-limit", type=float, default=600.0, metavar="S",
                       help="skip the points left after this many seconds of measuring (default: %(default)s)")
     parser.add_argument("--description", metavar="TEXT", help="free text added to the hardware description")
@@ -100,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         grid = _grid(args)
         setup = _setup(args)
-        if setup.kind == "cluster" and args.decode_steps is None:
-            grid = replace(grid, decode_steps=CLUSTER_DECODE_STEPS)
+        if setup.kind == "cluster":
+            grid = _cluster_grid(grid, args)
     except (ValueError, PdserveError) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return EXIT_USAGE if not isinstance(exc, PdserveError) or exc.caller else EXIT_FAILED
@@ -147,11 +165,29 @@ def _grid(args: argparse.Namespace) -> Any:
                "prefill_batches": _batches(args.prefill_batches),
                "decode_batch_sizes": _ints(args.decode_batches, "--decode-batches"),
                "decode_context_lengths": _ints(args.decode_contexts, "--decode-contexts"),
-               "decode_steps": args.decode_steps, "repeats": args.repeats, "passes": args.passes}
+               "decode_steps": args.decode_steps, "decode_warmup_steps": args.decode_warmup_steps,
+               "repeats": args.repeats, "passes": args.passes,
+               "interference_rounds": args.interference_rounds,
+               "interference_prompt_lengths": _ints(args.interference_lengths, "--interference-lengths")}
     for flag, value in (("--decode-steps", args.decode_steps), ("--repeats", args.repeats), ("--passes", args.passes)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1")
+    for flag, value in (("--interference-rounds", args.interference_rounds),
+                        ("--decode-warmup-steps", args.decode_warmup_steps)):
+        if value is not None and value < 0:
+            raise ValueError(f"{flag} must be >= 0")
+    if (args.interference_rounds or args.interference_lengths) and not args.target:
+        raise ValueError("--interference-rounds and --interference-lengths measure two tiers of a running cluster: "
+                         "use them with --target (one engine computes a prompt and a decode stream in the same steps)")
     return ProfileGrid(**{k: v for k, v in changes.items() if v is not None})
+
+
+def _cluster_grid(grid: Any, args: argparse.Namespace) -> Any:
+    """Through a cluster (`--target`): its own defaults for what the flags leave unset."""
+    defaults = {"decode_steps": (args.decode_steps, CLUSTER_DECODE_STEPS),
+                "decode_warmup_steps": (args.decode_warmup_steps, CLUSTER_DECODE_WARMUP_STEPS),
+                "interference_rounds": (args.interference_rounds, CLUSTER_INTERFERENCE_ROUNDS)}
+    return replace(grid, **{name: default for name, (given, default) in defaults.items() if given is None})
 
 
 def _setup(args: argparse.Namespace) -> _Setup:
@@ -211,6 +247,8 @@ async def _measure(setup: _Setup, grid: Any, args: argparse.Namespace) -> Any:
         info = await engine.start()
         if setup.kind == "cluster":
             hardware, setup = engine.hardware, replace(setup, label=engine.model)
+            if engine.mode != "disaggregated":  # one engine computes prompts and decode steps together
+                grid = replace(grid, interference_rounds=0)
         num_layers = setup.num_layers
         if num_layers and info.kv_bytes_per_token % num_layers:
             num_layers = None  # the file would refuse it; the layer split only shapes the timing engine's frames
@@ -262,6 +300,7 @@ class ClusterEngine:
     def __init__(self, target: str, *, api_key: str | None = None, note: str = "") -> None:
         self.target = target
         self.model = ""
+        self.mode = ""  # `disaggregated` or `colocated`, once started
         self.hardware: Any = None  # HardwareInfo, once started
         self._api_key = api_key
         self._note = note
@@ -284,7 +323,7 @@ class ClusterEngine:
         if not status["ready"] or not serving or not serving[0].get("block_size"):
             raise EngineError(f"the cluster at {self.target} is not ready (or too old to report its engines' shape): "
                               "wait for `pdserve status` to say ready")
-        self.model = status["model"]
+        self.model, self.mode = status["model"], status["mode"]
         counts = ", ".join(f"{len(workers)} {pool}" for pool, workers in ready.items() if workers)
         self.hardware = HardwareInfo(
             name=f"pdserve-{status['mode']}", kind="cluster", count=sum(len(w) for w in ready.values()),
@@ -318,6 +357,11 @@ def _summary(profile: Any, out: str) -> str:
     for batch in (1, 16):
         lines.append(f"  decode at batch {batch}, 256-token contexts: {profile.decode_tokens_per_s(batch, 256):.0f} tokens/s")
     lines.append(f"  KV: {profile.kv_bytes_per_token} bytes per token, {profile.kv_capacity_tokens} tokens per engine")
+    for point in profile.interference:
+        lines.append(f"  beside a {point.prompt_tokens}-token prompt a decode step takes x{point.decode_slowdown:.2f} "
+                     f"({point.decode_step_ms_alone:.0f} -> {point.decode_step_ms_during_prefill:.0f} ms); the prompt "
+                     f"beside decoding x{point.prefill_slowdown:.2f} ({point.prefill_ms_alone:.0f} -> "
+                     f"{point.prefill_ms_during_decode:.0f} ms)")
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """`pdserve profile --target`: the session's real cluster measured through its gRPC API, as one engine.
 
 The file it writes must load, name the cluster and its model, carry the engines' KV shape from the
-status document, and fit step times that grow with the work; the cluster must be idle and whole after.
+status document, fit step times that grow with the work, and carry the tiers' interference; the cluster
+must be idle and whole after.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def test_profile_through_a_running_cluster(serving, tmp_path, capsys):
     out = tmp_path / "served.yaml"
     code = main(["profile", "--target", serving.grpc_target, "--out", str(out), "--no-progress",
                  "--prompt-lengths", "16,64,256", "--prefill-batches", "4x32", "--decode-batches", "1,3",
-                 "--decode-contexts", "32,128", "--decode-steps", "8", "--repeats", "1", "--description", "test"])
+                 "--decode-contexts", "32,128", "--decode-steps", "8", "--decode-warmup-steps", "4", "--repeats", "1",
+                 "--interference-lengths", "64", "--interference-rounds", "2", "--description", "test"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     profile = EngineProfile.load(out)
@@ -37,6 +39,9 @@ def test_profile_through_a_running_cluster(serving, tmp_path, capsys):
     assert len(profile.prefill_points) >= 3 and len(profile.decode_points) >= 3
     assert profile.predict_prefill_ms([256]) > profile.predict_prefill_ms([16]) > 0
     assert profile.predict_decode_step_ms(3, 3 * 48) >= profile.predict_decode_step_ms(1, 48) > 0
+    # the tiers' interference, beside a decode stream (a point is dropped when too few steps fell inside)
+    assert [p.prompt_tokens for p in profile.interference] in ([64], [])
+    assert all(0.5 < p.decode_slowdown < 3 and 0.5 < p.prefill_slowdown < 3 for p in profile.interference)
     wait_idle(serving)
     counts = wait_all_blocks_free(serving)
     assert all(free == total for free, total in counts.values()), counts

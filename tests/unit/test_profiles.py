@@ -13,6 +13,7 @@ from orchestrator.profiles import (
     DecodePoint,
     EngineProfile,
     HardwareInfo,
+    InterferencePoint,
     PrefillCoefficients,
     PrefillPoint,
 )
@@ -141,3 +142,66 @@ def test_unreadable_and_non_mapping_files(tmp_path):
         EngineProfile.load(write(tmp_path, "- 1\n- 2\n"))
     with pytest.raises(ConfigError, match="neither valid YAML nor JSON"):
         EngineProfile.load(write(tmp_path, "version: [1\n"))
+
+
+# --- interference of tiers on a shared host (optional `interference` section) ----------------------------
+
+INTERFERENCE = [
+    InterferencePoint(prompt_tokens=1024, decode_step_ms_alone=40.0, decode_step_ms_during_prefill=60.0,
+                      decode_steps_during_prefill=40, prefill_ms_alone=2000.0, prefill_ms_during_decode=2400.0),
+    InterferencePoint(prompt_tokens=128, decode_step_ms_alone=40.0, decode_step_ms_during_prefill=50.0,
+                      decode_steps_during_prefill=12, prefill_ms_alone=250.0, prefill_ms_during_decode=275.0),
+]
+
+
+def interfering_profile() -> EngineProfile:
+    base = synthetic_profile()
+    return EngineProfile.from_points(model="m", hardware=HW, block_size=16, kv_bytes_per_token=1024,
+                                     prefill_points=base.prefill_points, decode_points=base.decode_points,
+                                     kv_capacity_tokens=100_000, interference=INTERFERENCE)
+
+
+def test_interference_factors_are_the_measured_ratios_interpolated_by_prompt_length():
+    profile = interfering_profile()
+    assert [p.prompt_tokens for p in profile.interference] == [128, 1024]  # sorted
+    assert profile.decode_slowdown(128) == pytest.approx(1.25)
+    assert profile.decode_slowdown(1024) == pytest.approx(1.5)
+    assert profile.decode_slowdown(576) == pytest.approx(1.375)  # halfway
+    assert profile.decode_slowdown(32) == pytest.approx(1.25) and profile.decode_slowdown(8192) == pytest.approx(1.5)
+    assert profile.prefill_slowdown(128) == pytest.approx(1.1) and profile.prefill_slowdown(1024) == pytest.approx(1.2)
+
+
+def test_without_interference_points_nothing_slows_down():
+    profile = synthetic_profile()
+    assert profile.interference == ()
+    assert profile.decode_slowdown(1024) == 1.0 and profile.prefill_slowdown(1024) == 1.0
+    assert "interference" not in profile.to_dict()
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_interference_round_trips(tmp_path, suffix):
+    profile = interfering_profile()
+    profile.save(tmp_path / f"p{suffix}")
+    loaded = EngineProfile.load(tmp_path / f"p{suffix}")
+    assert loaded == profile and loaded.decode_slowdown(1024) == pytest.approx(1.5)
+
+
+def test_an_older_file_without_interference_still_loads(tmp_path):
+    # A version-1 file as written before the section existed (also the shipped example).
+    data = good_dict()
+    assert "interference" not in data
+    assert EngineProfile.load(write(tmp_path, data)).decode_slowdown(512) == 1.0
+    assert EngineProfile.load(EXAMPLE_PROFILE).interference == ()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d.update(interference={"points": []}), "interference.points"),
+    (lambda d: d["interference"]["points"][0].update(decode_step_ms_alone=0), "decode_step_ms_alone"),
+    (lambda d: d["interference"]["points"][0].update(prompt_tokens=1024), "one interference point per prompt length"),
+    (lambda d: d["interference"]["points"][0].update(speed="fast"), "speed"),
+])
+def test_bad_interference_sections_say_what_is_wrong(tmp_path, change, message):
+    data = interfering_profile().to_dict()
+    change(data)
+    with pytest.raises(ConfigError, match=message):
+        EngineProfile.load(write(tmp_path, data))

@@ -89,6 +89,30 @@ async def test_passes_keep_each_points_fastest_measurement(make_engine, make_pro
         assert point.ttft_ms == pytest.approx(source.predict_prefill_ms([point.prompt_tokens] * point.batch_size))
 
 
+async def test_decode_warmup_steps_are_left_out_of_the_point(make_engine, make_profile, clock):
+    # A tier that was idle: its first 6 steps take 50 ms longer (the prefill step is the first sleep).
+    from workers.profiling import _Prompts, measure_decode
+
+    source = make_profile()
+    engine = await make_engine(profile=source, clock=clock)
+    sleeps = []
+
+    def cold_start(fake):
+        sleeps.append(1)
+        if 2 <= len(sleeps) <= 7:
+            fake.now += 0.05
+
+    clock.on_sleep = cold_start
+    warm = await measure_decode(engine, _Prompts(), 1, 64, 5, clock, warmup_steps=6)
+    assert warm.step_ms == pytest.approx(source.predict_decode_step_ms(1, warm.total_context_tokens), rel=1e-3)
+    # 14 tokens: the first, 6 steps let pass, then steps 7..13 measured; before step j the cache holds
+    # 64 + 1 + j - 2 tokens, at the middle step (10): 73
+    assert warm.total_context_tokens == 73
+    sleeps.clear()
+    cold = await measure_decode(engine, _Prompts(seed=1), 1, 64, 5, clock)
+    assert cold.step_ms > source.predict_decode_step_ms(1, cold.total_context_tokens) + 40  # the slow steps counted
+
+
 def test_the_grid_keeps_what_the_engine_can_run():
     grid = ProfileGrid().fitted(max_model_len=512, max_batched_tokens=512, max_num_seqs=8, kv_capacity_tokens=2048)
     assert max(grid.prompt_lengths) <= 511
