@@ -22,6 +22,10 @@ assembler reports every transfer complete. Rows:
 - `connector zmq, libzmq receiver` and `..., frames first, libzmq`: the same two orders with libzmq's
   PULL socket (`kv.zmq_receiver: libzmq`): every frame arrives in a libzmq message of its own and is
   copied into the blocks;
+- `frames first, engine Python busy` (and `..., libzmq`): as served, with a thread in the receiving
+  process that keeps its interpreter busy, as a vLLM worker's Python does: every syscall of a Python
+  receiver thread then costs it a wait for the GIL, which is what the direct receiver's read-ahead
+  (about one syscall per message) is for;
 - `connector zmq, scattered blocks` and `connector grpc`: for reference.
 Every connector row verifies each frame's checksum over the bytes as written into the cache. The
 baseline is raw pyzmq PUSH/PULL between the same two processes sending the same frames zero-copy and
@@ -78,9 +82,24 @@ class Measurement(NamedTuple):
 
 # ---- receivers (child process) --------------------------------------------------------------------
 
+def _python_busy() -> None:
+    """A thread that keeps the interpreter busy, as an engine's Python loop does (vLLM's workers poll
+    their shared-memory queue): every other thread of the process then waits for the GIL after each
+    syscall or switch interval."""
+    total = 0
+    while True:
+        for i in range(1000):
+            total += i * i
+
+
 def _connector_receiver(conn, transport: str, receiver_kind: str, frames_first: bool, tokens: int,
-                        receiver_ids: list[list[int]], transfer_ids: list[str]) -> None:
+                        receiver_ids: list[list[int]], transfer_ids: list[str], python_busy: bool = False) -> None:
+    import threading
+
     import torch
+
+    if python_busy:
+        threading.Thread(target=_python_busy, daemon=True).start()
 
     from workers.kv.receiving import start_receiving
     from workers.kv.transport import KVTransferService, serve_kv_service
@@ -146,11 +165,12 @@ def _raw_receiver(conn, count: int, receiver_ids: list[list[int]] | None) -> Non
 # ---- senders (this process) -----------------------------------------------------------------------
 
 def connector_path(transport: str, tokens: int, transfers: int, scattered: bool = False, receiver_kind: str = "direct",
-                   frames_first: bool = False) -> Measurement:
+                   frames_first: bool = False, python_busy: bool = False) -> Measurement:
     """Time, bytes and CPU to move `transfers` prompts of `tokens` tokens through the real path.
     `frames_first`: as served, each transfer's blocks are allocated (`expect`) only once its prompt's
     frames were all handed to the sender (the decode request follows the prefill), so frames are
-    stashed first and placed then; otherwise every transfer's blocks exist before its first frame."""
+    stashed first and placed then; otherwise every transfer's blocks exist before its first frame.
+    `python_busy`: the receiving process also runs a thread that keeps its interpreter busy."""
     import torch
 
     from workers.kv.blocks import as_bytes, block_parts, gather_blocks
@@ -162,7 +182,7 @@ def connector_path(transport: str, tokens: int, transfers: int, scattered: bool 
     parent, child = mp.Pipe()
     receiver = mp.get_context("spawn").Process(target=_connector_receiver,
                                                args=(child, transport, receiver_kind, frames_first, tokens,
-                                                     receiver_ids, transfer_ids))
+                                                     receiver_ids, transfer_ids, python_busy))
     receiver.start()
     endpoint = parent.recv()
     sender = make_sender(transport)
@@ -249,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
                                                                  receiver_kind="libzmq"),
         "connector zmq, frames first, libzmq": lambda: connector_path("zmq", args.tokens, args.transfers,
                                                                       receiver_kind="libzmq", frames_first=True),
+        "frames first, engine Python busy": lambda: connector_path("zmq", args.tokens, args.transfers,
+                                                                   frames_first=True, python_busy=True),
+        "frames first, Python busy, libzmq": lambda: connector_path("zmq", args.tokens, args.transfers,
+                                                                    receiver_kind="libzmq", frames_first=True,
+                                                                    python_busy=True),
         "connector zmq, scattered blocks": lambda: connector_path("zmq", args.tokens, args.transfers, scattered=True),
         "connector grpc": lambda: connector_path("grpc", args.tokens, args.transfers),
     }

@@ -5,6 +5,8 @@
 For each workload, one after the other on this machine (nothing else should run meanwhile):
 1. `pdserve up` (1 prefill + 1 decode vLLM-CPU worker, one core each, KV over ZeroMQ);
 2. `pdserve up --colocated --decode 2` (two ordinary vLLM workers, one core each: the same two workers);
+   and `pdserve up` with `kv.zmq_receiver: libzmq` (the decode worker receives KV with libzmq's PULL
+   socket and copies it into the cache, instead of pdserve's direct receiver);
 3. vLLM's own OpenAI server, one engine on both cores (`python -m vllm.entrypoints.openai.api_server`):
    what a user would run instead of pdserve on this machine.
 each driven by `pdserve bench` (open-loop Poisson arrivals, exact token-id prompts, `ignore_eos` outputs)
@@ -55,6 +57,12 @@ def _start_pdserve(extra: list[str], workdir: Path) -> tuple[subprocess.Popen, s
         time.sleep(1)
     endpoints = json.loads(ready.read_text())
     return process, endpoints["grpc"], ["--endpoint", "grpc"]
+
+
+def _libzmq_config(workdir: Path) -> Path:
+    path = workdir / "config.yaml"
+    path.write_text("kv:\n  zmq_receiver: libzmq\n")
+    return path
 
 
 def _start_vllm(model_dir: str, workdir: Path) -> tuple[subprocess.Popen, str, list[str]]:
@@ -113,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=120, help="requests per workload and system")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="which workloads (comma-separated)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving")
+    parser.add_argument("--systems", help="only the systems whose names contain one of these (comma-separated)")
     args = parser.parse_args(argv)
     from workers.modelstore import DEFAULT_NAME, resolve
 
@@ -120,14 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     systems = {
         "pdserve 1P+1D": lambda d: _start_pdserve([], d),
         "pdserve colocated x2": lambda d: _start_pdserve(["--colocated", "--decode", "2"], d),
+        "pdserve 1P+1D, libzmq KV receiver": lambda d: _start_pdserve(["--config", str(_libzmq_config(d))], d),
         "vLLM server (1 engine, 2 cores)": lambda d: _start_vllm(model_dir, d),
     }
+    if args.systems:
+        wanted = args.systems.split(",")
+        systems = {name: start for name, start in systems.items() if any(w in name for w in wanted)}
     summary: dict = {}
     for workload_name in args.workloads.split(","):
         workload = WORKLOADS[workload_name]
         summary[workload_name] = {}
         for system, start in systems.items():
-            workdir = args.out / workload_name / system.split(" (")[0].replace(" ", "_").replace("+", "")
+            workdir = args.out / workload_name / system.split(" (")[0].replace(" ", "_").replace("+", "").replace(",", "")
             workdir.mkdir(parents=True, exist_ok=True)
             process, target, endpoint = start(workdir)
             try:

@@ -115,20 +115,39 @@ class _Reader:
         return data
 
     def into(self, target: memoryview) -> None:
-        """Fill `target` (any size): buffered bytes first, then straight from the socket."""
+        """Fill `target` (any size): buffered bytes first, then straight from the socket.
+
+        Each syscall costs this thread the GIL, and in an engine process whose Python holds it most of
+        the time, taking it back can wait a switch interval (5 ms). So the first read also reads ahead
+        into the (then empty) buffer, usually picking up the next message's header frames with the end of
+        this payload, and a payload the socket does not hold yet is waited for whole (MSG_WAITALL): about
+        one syscall per message when the bytes are there, at most three when they trickle in."""
         have = min(self._end - self._start, target.nbytes)
         target[:have] = self._view[self._start:self._start + have]
         self._start += have
         filled = have
+        if filled < target.nbytes:
+            self._start = self._end = 0  # everything buffered was taken
+            count = self._recv([target[filled:], self._view], idle=False)
+            taken = min(count, target.nbytes - filled)
+            filled += taken
+            self._end = count - taken
         while filled < target.nbytes:
-            filled += self._recv_into(target[filled:], idle=False)
+            filled += self._recv([target[filled:]], idle=False, flags=socket.MSG_WAITALL)
 
     def _recv_into(self, view: memoryview, idle: bool) -> int:
+        return self._recv([view], idle)
+
+    def _recv(self, buffers: list[memoryview], idle: bool, flags: int = 0) -> int:
+        """One recv into `buffers`, in order (a scatter read). The socket's SO_RCVTIMEO (POLL_S) bounds
+        every call: a timed-out call returns what it has, or raises BlockingIOError when it has nothing,
+        and is retried until the stall timeout (`idle`: forever) or close()."""
         waited = 0.0
         while True:
             try:
-                count = self._sock.recv_into(view)
-            except TimeoutError:
+                count = (self._sock.recv_into(buffers[0], 0, flags) if len(buffers) == 1
+                         else self._sock.recvmsg_into(buffers, 0, flags)[0])
+            except BlockingIOError:
                 if self._stop.is_set():
                     raise ProtocolError("receiver closed") from None
                 waited += POLL_S
@@ -193,7 +212,8 @@ class ZmtpReceiver:
                 continue
             except OSError:
                 return
-            sock.settimeout(POLL_S)
+            sock.settimeout(None)  # blocking; the kernel's receive timeout wakes a read every POLL_S
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(POLL_S), int(POLL_S % 1 * 1e6)))
             thread = threading.Thread(target=self._serve, args=(sock, peer), name=f"kv-zmtp-{peer[1]}", daemon=True)
             with self._lock:
                 self._connections[sock] = thread
