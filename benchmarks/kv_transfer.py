@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transfers", type=int, default=20, help="transfers per measurement")
     parser.add_argument("--repeats", type=int, default=5, help="measurements per path")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--paths", metavar="TEXT[,TEXT...]",
+                        help="only the paths whose names contain one of these (the two raw baselines always run)")
     args = parser.parse_args(argv)
     paths = {
         "raw pyzmq": lambda: raw_pyzmq(args.tokens, args.transfers),
@@ -277,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         "connector zmq, scattered blocks": lambda: connector_path("zmq", args.tokens, args.transfers, scattered=True),
         "connector grpc": lambda: connector_path("grpc", args.tokens, args.transfers),
     }
+    if args.paths:
+        wanted = [text.strip() for text in args.paths.split(",") if text.strip()]
+        baselines = ("raw pyzmq", "raw pyzmq + copy into the cache")
+        paths = {name: run for name, run in paths.items() if name in baselines or any(text in name for text in wanted)}
     runs: dict[str, list[Measurement]] = {name: [] for name in paths}
     for _ in range(args.repeats):  # interleaved, so a noisy moment hits every path alike
         for name, run in paths.items():

@@ -22,6 +22,8 @@ placement then cut off fails its transfer); the sender's libzmq reconnects by it
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import socket
 import struct
@@ -41,6 +43,58 @@ SCRATCH_BYTES = 1 << 20
 POLL_S = 0.5  # how often a blocked read looks for close()
 
 FLAG_MORE, FLAG_LONG, FLAG_COMMAND = 0x01, 0x02, 0x04
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(_Iovec)),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+def _load_held_recvmsg():
+    """libc's recvmsg called with the GIL held (ctypes.PyDLL), or None where libc cannot be loaded so."""
+    try:
+        function = ctypes.PyDLL(None, use_errno=True).recvmsg
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.POINTER(_Msghdr), ctypes.c_int]
+    function.restype = ctypes.c_ssize_t
+    return function
+
+
+_HELD_RECVMSG = _load_held_recvmsg()
+
+
+def recv_queued(fd: int, buffers: list[memoryview]) -> int | None:
+    """Read what the kernel already holds for `fd` into `buffers` (in order) without releasing the GIL:
+    the byte count, 0 when the peer closed, None when nothing is queued (or this platform cannot).
+
+    Python's socket calls release the GIL around every syscall, and in a process whose Python keeps it
+    busy (an engine's worker polling its queue) taking it back waits a switch interval, 5 ms: one such
+    wait per read capped the receiver at a fifth of libzmq's rate, whose I/O thread never needs the GIL.
+    A non-blocking read of bytes already queued is a kernel copy of microseconds, so it is made holding
+    the GIL; only a read that must wait for the network releases it."""
+    if _HELD_RECVMSG is None:
+        return None
+    vectors = (_Iovec * len(buffers))()
+    anchors = []  # keep each buffer exported while the kernel writes into it
+    for vector, buffer in zip(vectors, buffers):
+        if buffer.nbytes:
+            anchor = (ctypes.c_char * buffer.nbytes).from_buffer(buffer)
+            anchors.append(anchor)
+            vector.base, vector.len = ctypes.addressof(anchor), buffer.nbytes
+    header = _Msghdr(iov=vectors, iovlen=len(buffers))
+    count = _HELD_RECVMSG(fd, ctypes.byref(header), socket.MSG_DONTWAIT)
+    if count >= 0:
+        return count
+    error = ctypes.get_errno()
+    if error in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+        return None
+    raise OSError(error, f"recvmsg: {errno.errorcode.get(error, error)}")
 
 
 class ProtocolError(Exception):
@@ -117,11 +171,11 @@ class _Reader:
     def into(self, target: memoryview) -> None:
         """Fill `target` (any size): buffered bytes first, then straight from the socket.
 
-        Each syscall costs this thread the GIL, and in an engine process whose Python holds it most of
-        the time, taking it back can wait a switch interval (5 ms). So the first read also reads ahead
-        into the (then empty) buffer, usually picking up the next message's header frames with the end of
-        this payload, and a payload the socket does not hold yet is waited for whole (MSG_WAITALL): about
-        one syscall per message when the bytes are there, at most three when they trickle in."""
+        A read that has to wait costs this thread the GIL, and in an engine process whose Python holds
+        it most of the time, taking it back can wait a switch interval (5 ms); bytes already queued are
+        read holding it (`recv_queued`). So the first read also reads ahead into the (then empty) buffer,
+        usually picking up the next message's header frames with the end of this payload, and a payload
+        the socket does not hold yet is waited for whole (MSG_WAITALL): at most one wait per message."""
         have = min(self._end - self._start, target.nbytes)
         target[:have] = self._view[self._start:self._start + have]
         self._start += have
@@ -139,9 +193,18 @@ class _Reader:
         return self._recv([view], idle)
 
     def _recv(self, buffers: list[memoryview], idle: bool, flags: int = 0) -> int:
-        """One recv into `buffers`, in order (a scatter read). The socket's SO_RCVTIMEO (POLL_S) bounds
-        every call: a timed-out call returns what it has, or raises BlockingIOError when it has nothing,
+        """One recv into `buffers`, in order (a scatter read): what the kernel holds, without letting go
+        of the GIL (`recv_queued`); when it holds nothing, a blocking read (`flags`) that does. The
+        socket's SO_RCVTIMEO (POLL_S) bounds every blocking call: a timed-out call returns what it has, or raises BlockingIOError when it has nothing,
         and is retried until the stall timeout (`idle`: forever) or close()."""
+        try:
+            queued = recv_queued(self._sock.fileno(), buffers)
+        except OSError as exc:
+            raise ProtocolError(f"connection lost: {exc}") from None
+        if queued == 0:
+            raise ProtocolError("peer closed the connection")
+        if queued is not None:
+            return queued
         waited = 0.0
         while True:
             try:

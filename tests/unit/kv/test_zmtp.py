@@ -358,3 +358,21 @@ def test_gathered_payload_round_trips_through_placement():
         recorder.assembler.commit(placement)
     assert recorder.assembler.poll() == ({"req"}, set())
     assert torch.equal(destination[1][12], source[1][9]) and torch.equal(destination[1][14], source[1][5])
+
+
+# ---- reads of queued bytes (made holding the GIL; its effect shows in the KV benchmark's busy rows) ----
+
+
+def test_queued_bytes_are_read_in_order_into_the_buffers_and_an_empty_socket_says_none():
+    from workers.kv.zmtp import recv_queued
+
+    ours, theirs = socket.socketpair()
+    first, second = memoryview(bytearray(3)), memoryview(bytearray(8))
+    assert recv_queued(ours.fileno(), [first, second]) is None  # nothing queued: no wait, no bytes
+    theirs.sendall(b"abcdefg")
+    assert recv_queued(ours.fileno(), [first, second]) == 7
+    assert bytes(first) == b"abc" and bytes(second[:4]) == b"defg"
+    theirs.close()
+    assert recv_queued(ours.fileno(), [first]) == 0  # the peer closed
+    ours.close()
+
