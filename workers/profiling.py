@@ -6,7 +6,9 @@ Everything goes through the `BaseEngine` interface, so vLLM and the timing engin
 1. warm-up: a few short requests (vLLM's first steps allocate and warm its kernels);
 2. prefill points: the time to first token of one prompt per length (median of `repeats`), then the
    time of one step computing several prompts of one length submitted together (`measure_prefill`: an
-   engine may split them over steps; the last step is measured then);
+   engine may split them over steps; the last step is measured then); with `prefill_idle_s`, each
+   measurement after that long without requests (through a cluster: `TIER_IDLE_S`, as the interference
+   baseline of step 5 is timed);
 3. decode points: per (batch, context), `batch` requests with `context`-token prompts decode together;
    the step time is the median time per token from the moment every one of them decodes (and, with
    `decode_warmup_steps`, that many steps later) until the first one finishes. The point's context is
@@ -21,7 +23,10 @@ Everything goes through the `BaseEngine` interface, so vLLM and the timing engin
    `MIN_WINDOW_S`), one at a time, a few decode outputs apart, then the
    TTFT alone again; the stream's gaps inside a prompt's window (sent to first token) against those
    outside any window give the decode slowdown, the windows against the TTFT alone the prefill slowdown
-   (`InterferencePoint`);
+   (`InterferencePoint`). When step 2 timed its lone prompts after the same pause, a grid point of
+   that length is the same measurement as the TTFT alone: the two are pooled, and the point and the
+   interference point's `prefill_ms_alone` both take the median of all of them, so that the base the
+   simulator multiplies by the prefill slowdown is the slowdown's own baseline;
 6. `EngineProfile.from_points(...)`, with `kv_bytes_per_token` and the KV capacity
    (`num_total_blocks * block_size`) from `EngineInfo`.
 Prompts are random word ids, distinct per request, so no prefix cache shortens a prompt. Greedy, EOS
@@ -60,7 +65,9 @@ INTERFERENCE_SLACK = 2.0  # stream tokens per round: enough for a prompt this ma
 MIN_WINDOW_S = 6.0  # prompts beside the stream for at least this long per length (short prompts: more rounds)
 MIN_GAPS = 3  # decode gaps needed inside and outside the prompts' windows
 # Pause before a prompt timed alone: vLLM's processes busy-wait for a second after their last step
-# (shm_broadcast's busy_loop_s), and on a shared host that slows the other tier as its steps do.
+# (shm_broadcast's busy_loop_s), and on a shared host that slows the other tier as its steps do. Through
+# a cluster the grid's prefill points wait as long (`ProfileGrid.prefill_idle_s`), so that the base the
+# interference factors multiply is timed as their baseline is (and pooled with it, step 5).
 TIER_IDLE_S = 1.5
 
 Clock = Callable[[], float]
@@ -79,6 +86,7 @@ class ProfileGrid:
     decode_steps: int = 9  # measured steps of each decode point
     decode_warmup_steps: int = 0  # steps of each decode point let pass before the measured ones
     repeats: int = 3  # prefill measurements per point (the median is kept)
+    prefill_idle_s: float = 0.0  # pause without requests before each prefill measurement (0: back to back)
     passes: int = 1  # times the whole grid is measured; each point keeps its fastest pass
     interference_prompt_lengths: tuple[int, ...] = (128, 1024)
     interference_rounds: int = 0  # prompts sent beside one decode stream, per length (0: not measured)
@@ -121,6 +129,14 @@ class ProfileTarget:
     max_batched_tokens: int  # tokens one step of the engine computes at most
     max_num_seqs: int
     num_layers: int | None = None
+
+
+@dataclass(frozen=True)
+class _PrefillMeasure:
+    """A prefill point and the measurements whose median it is."""
+
+    point: PrefillPoint
+    samples_ms: tuple[float, ...]
 
 
 class _Prompts:
@@ -220,7 +236,7 @@ async def profile_engine(engine: BaseEngine, info: EngineInfo, target: ProfileTa
         return True
 
     # Per point (as asked for), its fastest pass: other processes on the machine only ever slow steps down.
-    prefill: dict[tuple[int, int], PrefillPoint] = {}
+    prefill: dict[tuple[int, int], _PrefillMeasure] = {}
     decode: dict[tuple[int, int], DecodePoint] = {}
     with bar:
         for _ in range(WARMUP_REQUESTS):
@@ -228,8 +244,9 @@ async def profile_engine(engine: BaseEngine, info: EngineInfo, target: ProfileTa
         for _ in range(grid.passes):
             for key in [(1, n) for n in grid.prompt_lengths] + list(grid.prefill_batches):
                 if due(f"prefill {key[0]}x{key[1]}"):
-                    point = await _prefill_point(engine, prompts, *key, grid.repeats, clock)
-                    _keep_fastest(prefill, key, point, lambda p: p.ttft_ms)
+                    measure = await _prefill_point(engine, prompts, *key, grid.repeats, clock,
+                                                   sleep, grid.prefill_idle_s)
+                    _keep_fastest(prefill, key, measure, lambda m: m.point.ttft_ms)
                 bar.update(1)
             for key in grid.decode_points():
                 if due(f"decode {key[0]}x{key[1]}"):
@@ -240,15 +257,27 @@ async def profile_engine(engine: BaseEngine, info: EngineInfo, target: ProfileTa
         interference = []
         for length in grid.interference_prompt_lengths if grid.interference_rounds else ():
             if due(f"interference {length}") and decode:
+                quiet_ms = prefill[(1, length)].samples_ms if _pooled(grid, prefill, length) else ()
                 point = await measure_interference(engine, prompts, length, grid, _step_hint_ms(decode.values()),
-                                                   info.max_model_len, clock, sleep)
+                                                   info.max_model_len, clock, sleep, quiet_ms)
                 interference += [point] if point is not None else []
             bar.update(1)
+    points = {key: measure.point for key, measure in prefill.items()}
+    for point in interference:  # the pooled TTFT alone, where the grid's measurements are in it
+        if _pooled(grid, prefill, point.prompt_tokens):
+            points[(1, point.prompt_tokens)] = PrefillPoint(prompt_tokens=point.prompt_tokens, batch_size=1,
+                                                            ttft_ms=point.prefill_ms_alone)
     return EngineProfile.from_points(
         model=target.model, hardware=target.hardware, block_size=info.block_size,
-        kv_bytes_per_token=info.kv_bytes_per_token, prefill_points=list(prefill.values()),
+        kv_bytes_per_token=info.kv_bytes_per_token, prefill_points=list(points.values()),
         decode_points=list(decode.values()), kv_capacity_tokens=capacity or None, num_layers=target.num_layers,
         interference=interference)
+
+
+def _pooled(grid: ProfileGrid, prefill: dict[tuple[int, int], _PrefillMeasure], length: int) -> bool:
+    """Whether the grid's lone prompts of `length` were timed as the interference baseline is (after
+    `TIER_IDLE_S` of quiet, or longer), so that the two pool into one TTFT alone."""
+    return grid.prefill_idle_s >= TIER_IDLE_S and (1, length) in prefill
 
 
 def _keep_fastest(points: dict, key: tuple[int, int], point: Any, time_of: Callable[[Any], float]) -> None:
@@ -257,10 +286,13 @@ def _keep_fastest(points: dict, key: tuple[int, int], point: Any, time_of: Calla
 
 
 async def _prefill_point(engine: BaseEngine, prompts: _Prompts, batch: int, length: int, repeats: int,
-                         clock: Clock) -> PrefillPoint | None:
-    """The median of `repeats` measurements of the most frequent step size (at most 2 * repeats tries)."""
+                         clock: Clock, sleep: Sleep = asyncio.sleep, idle_s: float = 0.0) -> _PrefillMeasure | None:
+    """The median of `repeats` measurements of the most frequent step size (at most 2 * repeats tries),
+    each after `idle_s` without requests."""
     measured: dict[int, list[float]] = {}
     for _ in range(2 * repeats):
+        if idle_s > 0:
+            await sleep(idle_s)
         step = await measure_prefill(engine, prompts, batch, length, clock)
         if step is not None:
             measured.setdefault(step[0], []).append(step[1])
@@ -270,7 +302,8 @@ async def _prefill_point(engine: BaseEngine, prompts: _Prompts, batch: int, leng
         log.warning("prefill %dx%d: no step computed several of the prompts together; point dropped", batch, length)
         return None
     size, times = max(measured.items(), key=lambda item: (len(item[1]), item[0]))
-    return PrefillPoint(prompt_tokens=length, batch_size=size, ttft_ms=statistics.median(times))
+    return _PrefillMeasure(PrefillPoint(prompt_tokens=length, batch_size=size, ttft_ms=statistics.median(times)),
+                           tuple(times))
 
 
 # ---- how the tiers of a cluster slow each other --------------------------------------------------------
@@ -278,16 +311,17 @@ async def _prefill_point(engine: BaseEngine, prompts: _Prompts, batch: int, leng
 
 async def measure_interference(engine: BaseEngine, prompts: _Prompts, prompt_tokens: int, grid: ProfileGrid,
                                step_hint_ms: float, max_model_len: int, clock: Clock,
-                               sleep: Sleep = asyncio.sleep) -> InterferencePoint | None:
+                               sleep: Sleep = asyncio.sleep, quiet_ms: Sequence[float] = ()) -> InterferencePoint | None:
     """One interference point (module docstring, step 5): the prompt's TTFT alone (median of
-    `grid.repeats` before the stream and as many after it, each after `TIER_IDLE_S` of quiet), and one
+    `grid.repeats` before the stream and as many after it, each after `TIER_IDLE_S` of quiet, and of
+    `quiet_ms`, the same prompt's TTFTs measured so before), and one
     decode stream of the grid's shortest context with `grid.interference_rounds` such prompts (or as
     many as take `MIN_WINDOW_S` alone) sent beside it, one at a time. `step_hint_ms` (a decode step
     measured before) sizes the stream: tokens for every round if a prompt beside it took
     `INTERFERENCE_SLACK` times its time alone. Only meaningful where prompts and the stream run on
     different engines (a disaggregated cluster): one engine would compute them in the same steps. Runs
     on the profiler's event loop; None when too few gaps fell inside or outside the windows."""
-    alone_ms = await _alone_ms(engine, prompts, prompt_tokens, grid.repeats, clock, sleep)
+    alone_ms = [*quiet_ms, *await _alone_ms(engine, prompts, prompt_tokens, grid.repeats, clock, sleep)]
     context = min(grid.decode_context_lengths)
     rounds = max(grid.interference_rounds, math.ceil(MIN_WINDOW_S * 1000.0 / statistics.median(alone_ms)))
     per_round = math.ceil(INTERFERENCE_SLACK * statistics.median(alone_ms) / step_hint_ms) + SETTLE_OUTPUTS

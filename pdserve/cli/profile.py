@@ -69,7 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--cpu-cores", metavar="LIST", help="bind the vLLM-CPU engine to these cores, e.g. 1 or 0-3 "
                                                             "(a worker's engine gets pools.cpus_per_worker cores)")
     parser.add_argument("--target", metavar="HOST:PORT", help="measure a running pdserve through its gRPC API instead "
-                                                              "of starting an engine (decode steps default to 16)")
+                                                              "of starting an engine (its own defaults for "
+                                                              "--decode-steps, --decode-warmup-steps, --prefill-idle-s)")
     parser.add_argument("--api-key", default=os.environ.get("PDSERVE_API_KEY"), metavar="KEY",
                         help="with --target: the API key (default: $PDSERVE_API_KEY)")
     grid = parser.add_argument_group("what to measure (defaults: about a minute for SmolLM2-135M on one CPU core)")
@@ -83,6 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help=f"steps of each decode point let pass before the measured ones (default: 0; "
                            f"{CLUSTER_DECODE_WARMUP_STEPS} with --target)")
     grid.add_argument("--repeats", type=int, metavar="N", help="measurements per prefill point (default: 3)")
+    grid.add_argument("--prefill-idle-s", type=float, metavar="S",
+                      help="seconds without requests before each prefill measurement (default: 0, back to back; "
+                           "with --target the tiers' quiet pause, 1.5)")
     grid.add_argument("--passes", type=int, metavar="N", help="measure the whole grid N times, keep each point's fastest "
                                                              "(a machine shared with other work; default: 1)")
     grid.add_argument("--interference-rounds", type=int, metavar="N",
@@ -166,14 +170,14 @@ def _grid(args: argparse.Namespace) -> Any:
                "decode_batch_sizes": _ints(args.decode_batches, "--decode-batches"),
                "decode_context_lengths": _ints(args.decode_contexts, "--decode-contexts"),
                "decode_steps": args.decode_steps, "decode_warmup_steps": args.decode_warmup_steps,
-               "repeats": args.repeats, "passes": args.passes,
+               "repeats": args.repeats, "passes": args.passes, "prefill_idle_s": args.prefill_idle_s,
                "interference_rounds": args.interference_rounds,
                "interference_prompt_lengths": _ints(args.interference_lengths, "--interference-lengths")}
     for flag, value in (("--decode-steps", args.decode_steps), ("--repeats", args.repeats), ("--passes", args.passes)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1")
     for flag, value in (("--interference-rounds", args.interference_rounds),
-                        ("--decode-warmup-steps", args.decode_warmup_steps)):
+                        ("--decode-warmup-steps", args.decode_warmup_steps), ("--prefill-idle-s", args.prefill_idle_s)):
         if value is not None and value < 0:
             raise ValueError(f"{flag} must be >= 0")
     if (args.interference_rounds or args.interference_lengths) and not args.target:
@@ -184,8 +188,14 @@ def _grid(args: argparse.Namespace) -> Any:
 
 def _cluster_grid(grid: Any, args: argparse.Namespace) -> Any:
     """Through a cluster (`--target`): its own defaults for what the flags leave unset."""
+    from workers.profiling import TIER_IDLE_S
+
+    # Each prefill measurement after the tiers' quiet pause, as the interference baseline is timed (vLLM's
+    # processes busy-wait for a second after their last step, which on a shared host slows the next
+    # prompt): the grid's lone prompts and the baseline are then one quantity, pooled into one median.
     defaults = {"decode_steps": (args.decode_steps, CLUSTER_DECODE_STEPS),
                 "decode_warmup_steps": (args.decode_warmup_steps, CLUSTER_DECODE_WARMUP_STEPS),
+                "prefill_idle_s": (args.prefill_idle_s, TIER_IDLE_S),
                 "interference_rounds": (args.interference_rounds, CLUSTER_INTERFERENCE_ROUNDS)}
     return replace(grid, **{name: default for name, (given, default) in defaults.items() if given is None})
 

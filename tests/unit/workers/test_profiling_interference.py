@@ -4,9 +4,12 @@ back to its factors; the window arithmetic on its own; the CLI's flags."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import heapq
 import itertools
+import math
+import statistics
 
 import pytest
 
@@ -14,6 +17,7 @@ from orchestrator.profiles import HardwareInfo
 from pdserve.cli import main
 from workers.engine.base import EngineInfo, EngineOutput
 from workers.profiling import (
+    TIER_IDLE_S,
     ProfileGrid,
     ProfileTarget,
     _Prompts,
@@ -60,28 +64,47 @@ class EventClock:
 class SharedHostCluster:
     """Prefill and decode tiers on one host, seen as one engine (as `ClusterEngine` shows a cluster): a
     prompt takes `PREFILL_MS_PER_TOKEN` per token, `prefill_factor` times that when a stream decodes as
-    it starts; a decode step takes `DECODE_MS`, `decode_factor` times that when a prompt is being
-    computed as it starts. Requests with max_tokens > 1 are prefilled, then decode."""
+    it starts, and `spin_factor` times more when it starts less than `TIER_IDLE_S` after the cluster's
+    last output (vLLM's processes busy-wait after their last step); with `drift`, every prompt takes
+    that share longer than the one before (a machine whose speed wanders). A decode step takes
+    `DECODE_MS`, `decode_factor` times that when a prompt is being computed as it starts. Requests with
+    max_tokens > 1 are prefilled, then decode. `alone_ms[length]`: prompts computed with no stream
+    decoding, in milliseconds."""
 
-    def __init__(self, clock: EventClock, decode_factor: float, prefill_factor: float) -> None:
+    def __init__(self, clock: EventClock, decode_factor: float, prefill_factor: float, spin_factor: float = 1.0,
+                 drift: float = 0.0) -> None:
         self.clock, self.decode_factor, self.prefill_factor = clock, decode_factor, prefill_factor
-        self.computing = self.decoding = 0
+        self.spin_factor, self.drift = spin_factor, drift
+        self.computing = self.decoding = self.num_prompts = 0
+        self.last_output_s = -math.inf
+        self.alone_ms: dict[int, list[float]] = {}
 
     async def _prefill(self, length: int) -> None:
         self.computing += 1
-        slow = self.prefill_factor if self.decoding else 1.0
+        decoding, spinning = self.decoding > 0, self.clock.now - self.last_output_s < TIER_IDLE_S
+        slow = (self.prefill_factor if decoding else 1.0) * (self.spin_factor if spinning else 1.0)
+        slow *= 1.0 + self.drift * self.num_prompts
+        self.num_prompts += 1
+        started = self.clock.now
         await self.clock.until(self.clock.now + length * PREFILL_MS_PER_TOKEN * slow / 1000.0)
+        if not decoding:
+            self.alone_ms.setdefault(length, []).append((self.clock.now - started) * 1000.0)
         self.computing -= 1
+
+    def _output(self, token: int, i: int, max_tokens: int) -> EngineOutput:
+        self.last_output_s = self.clock.now
+        done = i == max_tokens - 1
+        return EngineOutput([token], done, "length" if done else None)
 
     async def generate(self, request):
         await self._prefill(len(request.prompt_ids))
-        yield EngineOutput([300], request.max_tokens == 1, "length" if request.max_tokens == 1 else None)
+        yield self._output(300, 0, request.max_tokens)
         self.decoding += 1
         try:
             for i in range(1, request.max_tokens):
                 slow = self.decode_factor if self.computing else 1.0
                 await self.clock.until(self.clock.now + DECODE_MS * slow / 1000.0)
-                yield EngineOutput([301], i == request.max_tokens - 1, "length" if i == request.max_tokens - 1 else None)
+                yield self._output(301, i, request.max_tokens)
         finally:
             self.decoding -= 1
 
@@ -152,22 +175,112 @@ def test_too_few_gaps_give_no_point():
 @pytest.mark.parametrize("flags", [["--engine", "timing", "--profile", "x.yaml", "--interference-rounds", "4"],
                                    ["--interference-lengths", "128"],
                                    ["--target", "127.0.0.1:1", "--interference-rounds", "-1"],
-                                   ["--target", "127.0.0.1:1", "--interference-lengths", "0,128"]])
+                                   ["--target", "127.0.0.1:1", "--interference-lengths", "0,128"],
+                                   ["--target", "127.0.0.1:1", "--prefill-idle-s", "-1"]])
 def test_cli_refuses_bad_interference_flags(tmp_path, flags, capsys):
     # measured beside a decode stream only through a cluster's API (--target); counts and lengths positive
     assert main(["profile", "--out", str(tmp_path / "o.yaml"), "--no-progress", *flags]) == 2
     assert "error:" in capsys.readouterr().err
 
 
-def test_through_a_cluster_the_grid_measures_interference_and_warm_decode_steps_by_default():
-    import argparse
-
+def test_through_a_cluster_the_grid_measures_interference_warm_decode_steps_and_quiet_prefills_by_default():
     from pdserve.cli.profile import _cluster_grid
 
-    unset = argparse.Namespace(decode_steps=None, decode_warmup_steps=None, interference_rounds=None)
+    unset = argparse.Namespace(decode_steps=None, decode_warmup_steps=None, interference_rounds=None,
+                               prefill_idle_s=None)
     grid = _cluster_grid(ProfileGrid(), unset)
     assert (grid.decode_steps, grid.decode_warmup_steps, grid.interference_rounds) == (32, 32, 6)
-    given = argparse.Namespace(decode_steps=8, decode_warmup_steps=0, interference_rounds=0)
-    grid = _cluster_grid(ProfileGrid(decode_steps=8), given)
-    assert (grid.decode_steps, grid.decode_warmup_steps, grid.interference_rounds) == (8, 0, 0)
-    assert ProfileGrid().interference_rounds == 0 and ProfileGrid().decode_warmup_steps == 0  # one engine: off
+    assert grid.prefill_idle_s == TIER_IDLE_S
+    given = argparse.Namespace(decode_steps=8, decode_warmup_steps=0, interference_rounds=0, prefill_idle_s=0.0)
+    grid = _cluster_grid(ProfileGrid(decode_steps=8, prefill_idle_s=0.0), given)
+    assert (grid.decode_steps, grid.decode_warmup_steps, grid.interference_rounds, grid.prefill_idle_s) == (8, 0, 0, 0.0)
+    one_engine = ProfileGrid()  # one engine: off
+    assert (one_engine.interference_rounds, one_engine.decode_warmup_steps, one_engine.prefill_idle_s) == (0, 0, 0.0)
+
+
+# ---- prefill points timed as the interference baseline is --------------------------------------------
+
+
+QUIET_GRID = ProfileGrid(**{**GRID.__dict__, "prefill_idle_s": TIER_IDLE_S})
+INFO = EngineInfo(max_model_len=4096, block_size=16, num_total_blocks=1000, kv_bytes_per_token=1536)
+TARGET = ProfileTarget("m", HardwareInfo(name="c", kind="cluster"), 2048, 64)
+
+
+async def test_through_a_cluster_prefill_points_are_timed_after_the_tiers_went_quiet():
+    # A prompt sent within TIER_IDLE_S of the cluster's last output takes 1.4 times as long.
+    clock = EventClock()
+    profile = await profile_engine(SharedHostCluster(clock, 1.0, 1.25, spin_factor=1.4), INFO, TARGET, QUIET_GRID,
+                                   clock=clock, sleep=clock.sleep)
+    for point in profile.prefill_points:
+        assert point.ttft_ms == pytest.approx(point.prompt_tokens * PREFILL_MS_PER_TOKEN), point
+    # the base the interference factor multiplies is its own baseline
+    at_128 = next(p for p in profile.interference if p.prompt_tokens == 128)
+    assert at_128.prefill_ms_alone == pytest.approx(profile.predict_prefill_ms([128]))
+    assert profile.predict_prefill_ms([128]) * at_128.prefill_slowdown == pytest.approx(at_128.prefill_ms_during_decode)
+
+
+async def test_back_to_back_prefill_points_carry_the_spin_of_the_request_before():
+    clock = EventClock()
+    grid = ProfileGrid(**{**QUIET_GRID.__dict__, "prefill_idle_s": 0.0})
+    profile = await profile_engine(SharedHostCluster(clock, 1.0, 1.25, spin_factor=1.4), INFO, TARGET, grid,
+                                   clock=clock, sleep=clock.sleep)
+    for point in profile.prefill_points:
+        assert point.ttft_ms == pytest.approx(1.4 * point.prompt_tokens * PREFILL_MS_PER_TOKEN), point
+    at_128 = next(p for p in profile.interference if p.prompt_tokens == 128)
+    assert profile.predict_prefill_ms([128]) > 1.3 * at_128.prefill_ms_alone
+
+
+async def test_the_grids_quiet_prompts_and_the_interference_baseline_pool_into_one_ttft_alone():
+    # The cluster slows down by 1% a prompt: the grid's lone 128-token prompts, measured first, are the
+    # fastest of the nine timed after a quiet pause; alone they would be a base below the baseline.
+    clock = EventClock()
+    cluster = SharedHostCluster(clock, 1.0, 1.25, drift=0.01)
+    grid = ProfileGrid(**{**QUIET_GRID.__dict__, "repeats": 3})
+    profile = await profile_engine(cluster, INFO, TARGET, grid, clock=clock, sleep=clock.sleep)
+    alone = cluster.alone_ms[128]
+    assert len(alone) == 9 and alone[:3] == sorted(alone)[:3]  # 3 of the grid, 3 before the stream, 3 after
+    at_128 = next(p for p in profile.interference if p.prompt_tokens == 128)
+    point = next(p for p in profile.prefill_points if p.prompt_tokens == 128 and p.batch_size == 1)
+    assert point.ttft_ms == at_128.prefill_ms_alone == pytest.approx(statistics.median(alone))
+    at_32 = next(p for p in profile.prefill_points if p.prompt_tokens == 32)  # no interference point: its own
+    assert at_32.ttft_ms == pytest.approx(statistics.median(cluster.alone_ms[32][3:6]))  # after 3 warm-up requests
+
+
+async def test_back_to_back_grid_points_are_not_pooled_with_the_baseline():
+    clock = EventClock()
+    cluster = SharedHostCluster(clock, 1.0, 1.25, drift=0.01)
+    grid = ProfileGrid(**{**QUIET_GRID.__dict__, "repeats": 3, "prefill_idle_s": 0.0})
+    profile = await profile_engine(cluster, INFO, TARGET, grid, clock=clock, sleep=clock.sleep)
+    at_128 = next(p for p in profile.interference if p.prompt_tokens == 128)
+    point = next(p for p in profile.prefill_points if p.prompt_tokens == 128 and p.batch_size == 1)
+    assert at_128.prefill_ms_alone == pytest.approx(statistics.median(cluster.alone_ms[128][-6:]))
+    assert point.ttft_ms == pytest.approx(statistics.median(cluster.alone_ms[128][:3]))
+
+
+class QuietWatcher:
+    """An engine whose every output takes 10 ms, recording how long it had been quiet (since its last
+    output) when each request came."""
+
+    def __init__(self, clock: EventClock) -> None:
+        self.clock = clock
+        self.last_output_s = -math.inf
+        self.quiet_s: list[tuple[int, float]] = []  # (max_tokens, quiet before it)
+
+    async def generate(self, request):
+        self.quiet_s.append((request.max_tokens, self.clock.now - self.last_output_s))
+        for i in range(request.max_tokens):
+            await self.clock.until(self.clock.now + 0.01)
+            self.last_output_s = self.clock.now
+            yield EngineOutput([300], i == request.max_tokens - 1, "length" if i == request.max_tokens - 1 else None)
+
+
+async def test_every_prefill_measurement_starts_after_the_quiet_pause():
+    clock = EventClock()
+    engine = QuietWatcher(clock)
+    grid = ProfileGrid(**{**QUIET_GRID.__dict__, "prefill_batches": ((3, 64),), "interference_rounds": 0})
+    await profile_engine(engine, INFO, TARGET, grid, clock=clock, sleep=clock.sleep)
+    # three lone prompts (repeats 1), then a batch of three sent together (at most two tries)
+    prompts = [quiet for max_tokens, quiet in engine.quiet_s if max_tokens == 1]
+    assert len(prompts) in (6, 9) and all(quiet >= TIER_IDLE_S for quiet in prompts), prompts
+    decode_requests = [quiet for max_tokens, quiet in engine.quiet_s if max_tokens > 1]
+    assert min(decode_requests) < TIER_IDLE_S  # warm-up and decode points: no pause asked for
