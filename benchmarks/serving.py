@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=120, help="requests per workload and system")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="which workloads (comma-separated)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving")
-    parser.add_argument("--systems", help="only the systems whose names contain one of these (comma-separated)")
+    parser.add_argument("--systems", help="only the systems whose names contain one of these (comma-separated), in that order")
     args = parser.parse_args(argv)
     from workers.modelstore import DEFAULT_NAME, resolve
 
@@ -133,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         "vLLM server (1 engine, 2 cores)": lambda d: _start_vllm(model_dir, d),
     }
     if args.systems:
-        wanted = args.systems.split(",")
-        systems = {name: start for name, start in systems.items() if any(w in name for w in wanted)}
+        chosen: dict = {}  # in the order asked for, so that a run can measure the same systems the other way round
+        for wanted in args.systems.split(","):
+            chosen.update({name: start for name, start in systems.items() if wanted in name and name not in chosen})
+        systems = chosen
     summary: dict = {}
     for workload_name in args.workloads.split(","):
         workload = WORKLOADS[workload_name]
