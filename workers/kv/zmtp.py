@@ -27,6 +27,7 @@ import errno
 import logging
 import socket
 import struct
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -56,7 +57,10 @@ class _Msghdr(ctypes.Structure):
 
 
 def _load_held_recvmsg():
-    """libc's recvmsg called with the GIL held (ctypes.PyDLL), or None where libc cannot be loaded so."""
+    """libc's recvmsg called with the GIL held (ctypes.PyDLL), or None where libc cannot be loaded so or
+    `struct msghdr` is laid out otherwise (the fields above are Linux's; elsewhere Python's calls serve)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         function = ctypes.PyDLL(None, use_errno=True).recvmsg
     except (OSError, AttributeError):
