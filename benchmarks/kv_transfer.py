@@ -23,9 +23,9 @@ assembler reports every transfer complete. Rows:
   PULL socket (`kv.zmq_receiver: libzmq`): every frame arrives in a libzmq message of its own and is
   copied into the blocks;
 - `frames first, engine Python busy` (and `..., libzmq`): as served, with a thread in the receiving
-  process that keeps its interpreter busy, as a vLLM worker's Python does: every syscall of a Python
-  receiver thread then costs it a wait for the GIL, which is what the direct receiver's read-ahead
-  (about one syscall per message) is for;
+  process that keeps its interpreter busy, as a vLLM worker's Python does: every read of a Python
+  receiver thread that lets go of the GIL then costs it a wait to get it back, which is why the direct
+  receiver reads about once per message and reads bytes already queued holding the GIL;
 - `connector zmq, scattered blocks` and `connector grpc`: for reference.
 Every connector row verifies each frame's checksum over the bytes as written into the cache. The
 baseline is raw pyzmq PUSH/PULL between the same two processes sending the same frames zero-copy and

@@ -321,40 +321,29 @@ async def measure_interference(engine: BaseEngine, prompts: _Prompts, prompt_tok
     `INTERFERENCE_SLACK` times its time alone. Only meaningful where prompts and the stream run on
     different engines (a disaggregated cluster): one engine would compute them in the same steps. Runs
     on the profiler's event loop; None when too few gaps fell inside or outside the windows."""
-    alone_ms = [*quiet_ms, *await _alone_ms(engine, prompts, prompt_tokens, grid.repeats, clock, sleep)]
+    async def alone_ms() -> list[float]:  # lone prompts, each after the tiers' quiet pause: the grid's prefill point
+        measure = await _prefill_point(engine, prompts, 1, prompt_tokens, grid.repeats, clock, sleep, TIER_IDLE_S)
+        return list(measure.samples_ms) if measure is not None else []
+
+    alone = [*quiet_ms, *await alone_ms()]
     context = min(grid.decode_context_lengths)
-    rounds = max(grid.interference_rounds, math.ceil(MIN_WINDOW_S * 1000.0 / statistics.median(alone_ms)))
-    per_round = math.ceil(INTERFERENCE_SLACK * statistics.median(alone_ms) / step_hint_ms) + SETTLE_OUTPUTS
+    rounds = max(grid.interference_rounds, math.ceil(MIN_WINDOW_S * 1000.0 / statistics.median(alone)))
+    per_round = math.ceil(INTERFERENCE_SLACK * statistics.median(alone) / step_hint_ms) + SETTLE_OUTPUTS
     max_tokens = min(1 + SETTLE_OUTPUTS + rounds * per_round, max_model_len - context - 1)
     outputs, windows = await _decode_beside_prompts(engine, prompts, prompts.request(context, max_tokens),
                                                     prompt_tokens, rounds, clock)
-    alone_ms += await _alone_ms(engine, prompts, prompt_tokens, grid.repeats, clock, sleep)
-    point = compute_interference(prompt_tokens, outputs, windows, statistics.median(alone_ms))
+    alone += await alone_ms()
+    point = compute_interference(prompt_tokens, outputs, windows, statistics.median(alone))
     if point is None:
         log.warning("interference %d: too few decode steps inside or outside the prompts' windows; point dropped",
                     prompt_tokens)
     return point
 
 
-async def _alone_ms(engine: BaseEngine, prompts: _Prompts, length: int, repeats: int, clock: Clock,
-                    sleep: Sleep) -> list[float]:
-    """TTFTs of `repeats` prompts of `length`, one at a time, each after `TIER_IDLE_S` of quiet."""
-    times = []
-    for _ in range(repeats):
-        await sleep(TIER_IDLE_S)
-        times.append(await _window_ms(engine, prompts, length, clock))
-    return times
-
-
 async def _window(engine: BaseEngine, request: EngineRequest, clock: Clock) -> tuple[float, float]:
     """(sent, first token) of one request."""
     sent = clock()
     return sent, (await _arrivals(engine, request, clock))[0][0]
-
-
-async def _window_ms(engine: BaseEngine, prompts: _Prompts, length: int, clock: Clock) -> float:
-    sent, first = await _window(engine, prompts.request(length, 1), clock)
-    return (first - sent) * 1000.0
 
 
 async def _decode_beside_prompts(engine: BaseEngine, prompts: _Prompts, stream: EngineRequest, prompt_tokens: int,

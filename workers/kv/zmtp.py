@@ -167,7 +167,7 @@ class _Reader:
                 self._buffer[:self._end - self._start] = self._buffer[self._start:self._end]
                 self._end -= self._start
                 self._start = 0
-            self._end += self._recv_into(self._view[self._end:], idle)
+            self._end += self._recv([self._view[self._end:]], idle)
         data = bytes(self._view[self._start:self._start + size])
         self._start += size
         return data
@@ -193,14 +193,12 @@ class _Reader:
         while filled < target.nbytes:
             filled += self._recv([target[filled:]], idle=False, flags=socket.MSG_WAITALL)
 
-    def _recv_into(self, view: memoryview, idle: bool) -> int:
-        return self._recv([view], idle)
-
     def _recv(self, buffers: list[memoryview], idle: bool, flags: int = 0) -> int:
         """One recv into `buffers`, in order (a scatter read): what the kernel holds, without letting go
         of the GIL (`recv_queued`); when it holds nothing, a blocking read (`flags`) that does. The
-        socket's SO_RCVTIMEO (POLL_S) bounds every blocking call: a timed-out call returns what it has, or raises BlockingIOError when it has nothing,
-        and is retried until the stall timeout (`idle`: forever) or close()."""
+        socket's SO_RCVTIMEO (POLL_S) bounds every blocking call: a timed-out call returns what it has,
+        or raises BlockingIOError when it has nothing, and is retried until the stall timeout (`idle`:
+        forever) or close()."""
         try:
             queued = recv_queued(self._sock.fileno(), buffers)
         except OSError as exc:
