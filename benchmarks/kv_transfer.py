@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.paths:
         wanted = [text.strip() for text in args.paths.split(",") if text.strip()]
+        for text in wanted:
+            if not any(text in name for name in paths):
+                parser.error(f"--paths: {text!r} names none of the paths ({'; '.join(paths)})")
         baselines = ("raw pyzmq", "raw pyzmq + copy into the cache")
         paths = {name: run for name, run in paths.items() if name in baselines or any(text in name for text in wanted)}
     runs: dict[str, list[Measurement]] = {name: [] for name in paths}

@@ -135,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.systems:
         chosen: dict = {}  # in the order asked for, so that a run can measure the same systems the other way round
         for wanted in args.systems.split(","):
-            chosen.update({name: start for name, start in systems.items() if wanted in name and name not in chosen})
+            matched = {name: start for name, start in systems.items() if wanted in name}
+            if not matched:
+                parser.error(f"--systems: {wanted!r} names none of the systems ({'; '.join(systems)})")
+            chosen.update({name: start for name, start in matched.items() if name not in chosen})
         systems = chosen
     summary: dict = {}
     for workload_name in args.workloads.split(","):
