@@ -17,16 +17,18 @@ Everything goes through the `BaseEngine` interface, so vLLM and the timing engin
 4. with `passes` > 1, steps 2 and 3 again, each point keeping its fastest pass (on a shared machine,
    other processes only ever slow a step down);
 5. with `interference_rounds` > 0 (a disaggregated cluster measured through its API, whose tiers may
-   share a host), per prompt length of `interference_prompt_lengths` (`measure_interference`): the
-   prompt's TTFT alone (each after `TIER_IDLE_S` without requests), then one decode stream during which
-   that prompt is sent `interference_rounds` times (more for a short prompt, until its windows add up to
-   `MIN_WINDOW_S`), one at a time, a few decode outputs apart, then the
-   TTFT alone again; the stream's gaps inside a prompt's window (sent to first token) against those
-   outside any window give the decode slowdown, the windows against the TTFT alone the prefill slowdown
-   (`InterferencePoint`). When step 2 timed its lone prompts after the same pause, a grid point of
-   that length is the same measurement as the TTFT alone: the two are pooled, and the point and the
-   interference point's `prefill_ms_alone` both take the median of all of them, so that the base the
-   simulator multiplies by the prefill slowdown is the slowdown's own baseline;
+   share a host), per prompt length of `interference_prompt_lengths` (`measure_interference`): decode
+   streams about as long as a chat request's decode, beside each of which that prompt is sent
+   `PROMPTS_PER_STREAM` times, one at a time, a few decode outputs apart (`interference_rounds` prompts
+   in all, more for a short prompt, until their windows add up to `MIN_WINDOW_S`), and before each
+   stream and after the last the prompt's TTFT alone (each after `TIER_IDLE_S` without requests); the
+   streams' gaps inside a prompt's window (sent to first token) against those outside any window give
+   the decode slowdown, the windows against the TTFT alone the prefill slowdown (`InterferencePoint`).
+   Alone and beside interleave, so that both sample the same minutes of a machine whose speed wanders.
+   When step 2 timed its lone prompts after the same pause, a grid point of that length is the same
+   measurement as the TTFT alone: the two are pooled, and the point and the interference point's
+   `prefill_ms_alone` both take the median of all of them, so that the base the simulator multiplies by
+   the prefill slowdown is the slowdown's own baseline;
 6. `EngineProfile.from_points(...)`, with `kv_bytes_per_token` and the KV capacity
    (`num_total_blocks * block_size`) from `EngineInfo`.
 Prompts are random word ids, distinct per request, so no prefix cache shortens a prompt. Greedy, EOS
@@ -62,7 +64,8 @@ SPLIT_FRACTION = 0.1  # first tokens this close (a share of the time since submi
 WARMUP_REQUESTS = 3
 SETTLE_OUTPUTS = 4  # decode outputs let pass after the stream's hand-off and after each interfering prompt
 INTERFERENCE_SLACK = 2.0  # stream tokens per round: enough for a prompt this many times slower than alone
-MIN_WINDOW_S = 6.0  # prompts beside the stream for at least this long per length (short prompts: more rounds)
+MIN_WINDOW_S = 6.0  # prompts beside the streams for at least this long per length (short prompts: more rounds)
+PROMPTS_PER_STREAM = 3  # prompts beside one decode stream: a stream about as long as a chat request's decode
 MIN_GAPS = 3  # decode gaps needed inside and outside the prompts' windows
 # Pause before a prompt timed alone: vLLM's processes busy-wait for a second after their last step
 # (shm_broadcast's busy_loop_s), and on a shared host that slows the other tier as its steps do. Through
@@ -312,28 +315,41 @@ async def _prefill_point(engine: BaseEngine, prompts: _Prompts, batch: int, leng
 async def measure_interference(engine: BaseEngine, prompts: _Prompts, prompt_tokens: int, grid: ProfileGrid,
                                step_hint_ms: float, max_model_len: int, clock: Clock,
                                sleep: Sleep = asyncio.sleep, quiet_ms: Sequence[float] = ()) -> InterferencePoint | None:
-    """One interference point (module docstring, step 5): the prompt's TTFT alone (median of
-    `grid.repeats` before the stream and as many after it, each after `TIER_IDLE_S` of quiet, and of
-    `quiet_ms`, the same prompt's TTFTs measured so before), and one
-    decode stream of the grid's shortest context with `grid.interference_rounds` such prompts (or as
-    many as take `MIN_WINDOW_S` alone) sent beside it, one at a time. `step_hint_ms` (a decode step
-    measured before) sizes the stream: tokens for every round if a prompt beside it took
-    `INTERFERENCE_SLACK` times its time alone. Only meaningful where prompts and the stream run on
-    different engines (a disaggregated cluster): one engine would compute them in the same steps. Runs
-    on the profiler's event loop; None when too few gaps fell inside or outside the windows."""
-    async def alone_ms() -> list[float]:  # lone prompts, each after the tiers' quiet pause: the grid's prefill point
-        measure = await _prefill_point(engine, prompts, 1, prompt_tokens, grid.repeats, clock, sleep, TIER_IDLE_S)
+    """One interference point (module docstring, step 5). `grid.interference_rounds` prompts (or as many
+    as take `MIN_WINDOW_S` alone) are sent beside decode streams of the grid's shortest context,
+    `PROMPTS_PER_STREAM` per stream, one at a time; before each stream and after the last, the same
+    prompt alone after `TIER_IDLE_S` of quiet (together at least `2 * grid.repeats`), whose median
+    with `quiet_ms` (the same prompt's TTFTs measured so before) is the TTFT alone. Interleaved so, the
+    prompts alone and beside decoding sample the same minutes: a slow spell of the machine (another
+    tenant, a throttled core) slows a share of both rather than all of one. `step_hint_ms` (a decode
+    step measured before) sizes each stream: tokens for its prompts if each took `INTERFERENCE_SLACK`
+    times its time alone. Only meaningful where prompts and the streams run on different engines (a
+    disaggregated cluster): one engine would compute them in the same steps. Runs on the profiler's
+    event loop; None when too few gaps fell inside or outside the windows."""
+    async def alone_ms(count: int) -> list[float]:  # lone prompts, each after the tiers' quiet pause
+        if count <= 0:
+            return []
+        measure = await _prefill_point(engine, prompts, 1, prompt_tokens, count, clock, sleep, TIER_IDLE_S)
         return list(measure.samples_ms) if measure is not None else []
 
-    alone = [*quiet_ms, *await alone_ms()]
+    own = [] if quiet_ms else await alone_ms(1)  # sizes the streams when the grid measured none
+    if not quiet_ms and not own:
+        return None
+    sizing_ms = statistics.median([*quiet_ms, *own])
+    rounds = max(grid.interference_rounds, math.ceil(MIN_WINDOW_S * 1000.0 / sizing_ms))
+    per_round = math.ceil(INTERFERENCE_SLACK * sizing_ms / step_hint_ms) + SETTLE_OUTPUTS
+    num_streams = math.ceil(rounds / PROMPTS_PER_STREAM)
+    per_pause = max(1, math.ceil(2 * grid.repeats / (num_streams + 1)))  # lone prompts before each stream, and after
     context = min(grid.decode_context_lengths)
-    rounds = max(grid.interference_rounds, math.ceil(MIN_WINDOW_S * 1000.0 / statistics.median(alone)))
-    per_round = math.ceil(INTERFERENCE_SLACK * statistics.median(alone) / step_hint_ms) + SETTLE_OUTPUTS
-    max_tokens = min(1 + SETTLE_OUTPUTS + rounds * per_round, max_model_len - context - 1)
-    outputs, windows = await _decode_beside_prompts(engine, prompts, prompts.request(context, max_tokens),
-                                                    prompt_tokens, rounds, clock)
-    alone += await alone_ms()
-    point = compute_interference(prompt_tokens, outputs, windows, statistics.median(alone))
+    streams = []
+    for i in range(num_streams):
+        own += await alone_ms(per_pause - (0 if i else len(own)))
+        beside = min(PROMPTS_PER_STREAM, rounds - i * PROMPTS_PER_STREAM)
+        max_tokens = min(1 + SETTLE_OUTPUTS + beside * per_round, max_model_len - context - 1)
+        streams.append(await _decode_beside_prompts(engine, prompts, prompts.request(context, max_tokens),
+                                                    prompt_tokens, beside, clock))
+    own += await alone_ms(per_pause)
+    point = compute_interference(prompt_tokens, streams, statistics.median([*quiet_ms, *own]))
     if point is None:
         log.warning("interference %d: too few decode steps inside or outside the prompts' windows; point dropped",
                     prompt_tokens)
@@ -371,27 +387,28 @@ async def _decode_beside_prompts(engine: BaseEngine, prompts: _Prompts, stream: 
     return outputs, windows
 
 
-def compute_interference(prompt_tokens: int, outputs: Sequence[tuple[float, int]],
-                         windows: Sequence[tuple[float, float]], prefill_alone_ms: float) -> InterferencePoint | None:
-    """The interference point of a decode stream's `outputs` (time, tokens) and the `windows` (sent,
-    first token) of prompts computed beside it. A gap between two outputs (per token) is inside when a
-    window holds both ends, alone when it overlaps no window; gaps that straddle a window's edge, and
-    those of the first `SETTLE_OUTPUTS` outputs (the hand-off), count as neither. None with fewer than
-    `MIN_GAPS` of either or no window."""
-    inside, alone = [], []
-    for (start, _), (end, tokens) in itertools.pairwise(outputs[SETTLE_OUTPUTS:]):
-        gap_ms = (end - start) * 1000.0 / tokens
-        if any(sent <= start and end <= first for sent, first in windows):
-            inside.append(gap_ms)
-        elif all(end <= sent or start >= first for sent, first in windows):
-            alone.append(gap_ms)
-    if not windows or len(inside) < MIN_GAPS or len(alone) < MIN_GAPS:
+def compute_interference(prompt_tokens: int, streams: Sequence[tuple[Sequence[tuple[float, int]], Sequence[tuple[float, float]]]],
+                         prefill_alone_ms: float) -> InterferencePoint | None:
+    """The interference point of decode streams, each its outputs (time, tokens) and the windows (sent,
+    first token) of the prompts computed beside it. A gap between two outputs of a stream (per token) is
+    inside when one of its windows holds both ends, alone when it overlaps none; gaps that straddle a
+    window's edge, and those of a stream's first `SETTLE_OUTPUTS` outputs (the hand-off), count as
+    neither. None with fewer than `MIN_GAPS` of either or no window."""
+    inside, alone, durations = [], [], []
+    for outputs, windows in streams:
+        durations += [(first - sent) * 1000.0 for sent, first in windows]
+        for (start, _), (end, tokens) in itertools.pairwise(outputs[SETTLE_OUTPUTS:]):
+            gap_ms = (end - start) * 1000.0 / tokens
+            if any(sent <= start and end <= first for sent, first in windows):
+                inside.append(gap_ms)
+            elif all(end <= sent or start >= first for sent, first in windows):
+                alone.append(gap_ms)
+    if not durations or len(inside) < MIN_GAPS or len(alone) < MIN_GAPS:
         return None
     return InterferencePoint(
         prompt_tokens=prompt_tokens, decode_step_ms_alone=statistics.median(alone),
         decode_step_ms_during_prefill=statistics.median(inside), decode_steps_during_prefill=len(inside),
-        prefill_ms_alone=prefill_alone_ms,
-        prefill_ms_during_decode=statistics.median((first - sent) * 1000.0 for sent, first in windows))
+        prefill_ms_alone=prefill_alone_ms, prefill_ms_during_decode=statistics.median(durations))
 
 
 def _step_hint_ms(points: Iterable[DecodePoint]) -> float:

@@ -66,15 +66,17 @@ class SharedHostCluster:
     prompt takes `PREFILL_MS_PER_TOKEN` per token, `prefill_factor` times that when a stream decodes as
     it starts, and `spin_factor` times more when it starts less than `TIER_IDLE_S` after the cluster's
     last output (vLLM's processes busy-wait after their last step); with `drift`, every prompt takes
-    that share longer than the one before (a machine whose speed wanders). A decode step takes
+    that share longer than the one before (a machine whose speed wanders); with `spell` (start, end,
+    factor), every prompt and step that starts within it takes `factor` times as long (a slow spell of
+    the machine: another tenant, a throttled core). A decode step takes
     `DECODE_MS`, `decode_factor` times that when a prompt is being computed as it starts. Requests with
     max_tokens > 1 are prefilled, then decode. `alone_ms[length]`: prompts computed with no stream
     decoding, in milliseconds."""
 
     def __init__(self, clock: EventClock, decode_factor: float, prefill_factor: float, spin_factor: float = 1.0,
-                 drift: float = 0.0) -> None:
+                 drift: float = 0.0, spell: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> None:
         self.clock, self.decode_factor, self.prefill_factor = clock, decode_factor, prefill_factor
-        self.spin_factor, self.drift = spin_factor, drift
+        self.spin_factor, self.drift, self.spell = spin_factor, drift, spell
         self.computing = self.decoding = self.num_prompts = 0
         self.last_output_s = -math.inf
         self.alone_ms: dict[int, list[float]] = {}
@@ -83,13 +85,17 @@ class SharedHostCluster:
         self.computing += 1
         decoding, spinning = self.decoding > 0, self.clock.now - self.last_output_s < TIER_IDLE_S
         slow = (self.prefill_factor if decoding else 1.0) * (self.spin_factor if spinning else 1.0)
-        slow *= 1.0 + self.drift * self.num_prompts
+        slow *= (1.0 + self.drift * self.num_prompts) * self._spell()
         self.num_prompts += 1
         started = self.clock.now
         await self.clock.until(self.clock.now + length * PREFILL_MS_PER_TOKEN * slow / 1000.0)
         if not decoding:
             self.alone_ms.setdefault(length, []).append((self.clock.now - started) * 1000.0)
         self.computing -= 1
+
+    def _spell(self) -> float:
+        start, end, factor = self.spell
+        return factor if start <= self.clock.now < end else 1.0
 
     def _output(self, token: int, i: int, max_tokens: int) -> EngineOutput:
         self.last_output_s = self.clock.now
@@ -102,7 +108,7 @@ class SharedHostCluster:
         self.decoding += 1
         try:
             for i in range(1, request.max_tokens):
-                slow = self.decode_factor if self.computing else 1.0
+                slow = (self.decode_factor if self.computing else 1.0) * self._spell()
                 await self.clock.until(self.clock.now + DECODE_MS * slow / 1000.0)
                 yield self._output(301, i, request.max_tokens)
         finally:
@@ -124,6 +130,36 @@ async def test_a_decode_step_beside_a_prompt_is_measured_slower_by_the_hosts_fac
     assert point.prefill_ms_alone == pytest.approx(512 * PREFILL_MS_PER_TOKEN)
     assert point.prefill_slowdown == pytest.approx(1.2)
     assert point.decode_steps_during_prefill >= GRID.interference_rounds * 10  # 1.2 s windows of 60 ms steps
+
+
+async def test_prompts_alone_and_beside_decoding_interleave():
+    # 24 prompts beside decoding (6 s of 256 ms windows), 3 per stream: 8 streams, a lone prompt after
+    # the quiet pause before each and after the last.
+    clock = EventClock()
+    engine = SharedHostCluster(clock, decode_factor=1.0, prefill_factor=1.25)
+    sent: list[tuple[int, int]] = []  # (prompt tokens, max_tokens) in the order sent
+    generate = engine.generate
+    engine.generate = lambda request: (sent.append((len(request.prompt_ids), request.max_tokens)), generate(request))[1]
+    point = await measure_interference(engine, _Prompts(), 128, GRID, DECODE_MS, 4096, clock, clock.sleep)
+    assert point is not None and len(engine.alone_ms[128]) == 9
+    order = "".join("s" if max_tokens > 1 else "p" if length == 128 else "?" for length, max_tokens in sent)
+    assert order == "psppp" * 8 + "p", order  # p: the 128-token prompt, s: a decode stream
+
+
+async def test_a_slow_spell_of_the_machine_during_a_third_of_the_measurement_does_not_move_the_factors():
+    # The machine runs everything 1.5 times slower for 9 s. Prompts alone and beside decoding interleave,
+    # so the spell slows a minority of each, and the medians do not see it.
+    clock = EventClock()
+    calm = await measure_interference(SharedHostCluster(clock, 1.5, 1.25), _Prompts(), 128, GRID, DECODE_MS, 4096,
+                                      clock, clock.sleep)
+    clock = EventClock()
+    engine = SharedHostCluster(clock, 1.5, 1.25, spell=(4.0, 13.0, 1.5))
+    point = await measure_interference(engine, _Prompts(), 128, GRID, DECODE_MS, 4096, clock, clock.sleep)
+    assert clock.now > 27.0  # the spell is a third of the measurement
+    alone = engine.alone_ms[128]
+    assert sum(ms > 1.4 * min(alone) for ms in alone) >= 2  # and slowed some of the lone prompts
+    assert point.prefill_slowdown == pytest.approx(calm.prefill_slowdown) == pytest.approx(1.25)
+    assert point.decode_slowdown == pytest.approx(calm.decode_slowdown) == pytest.approx(1.5)
 
 
 async def test_tiers_that_do_not_interfere_measure_factors_of_one():
@@ -152,7 +188,7 @@ def outputs_every(step_s: float, count: int, start: float = 0.0) -> list[tuple[f
 def test_gaps_inside_windows_against_gaps_outside_any():
     # 0.1 s steps, except 0.2 s steps within the window [1.0, 2.0]; the gap from 0.95 to 1.05 straddles it.
     times = [0.05 + 0.1 * i for i in range(10)] + [1.05 + 0.2 * i for i in range(5)] + [2.05 + 0.1 * i for i in range(10)]
-    point = compute_interference(128, [(t, 1) for t in times], [(1.0, 2.0)], prefill_alone_ms=800.0)
+    point = compute_interference(128, [([(t, 1) for t in times], [(1.0, 2.0)])], prefill_alone_ms=800.0)
     assert point.decode_step_ms_alone == pytest.approx(100.0)
     assert point.decode_step_ms_during_prefill == pytest.approx(200.0)
     assert point.decode_steps_during_prefill == 4
@@ -162,14 +198,24 @@ def test_gaps_inside_windows_against_gaps_outside_any():
 def test_an_output_of_several_tokens_counts_per_token():
     # Inside the window the stream's outputs carry 2 tokens each, 0.2 s apart: 0.1 s per token, as outside.
     outputs = outputs_every(0.1, 10) + [(1.2, 2), (1.4, 2), (1.6, 2), (1.8, 2)] + outputs_every(0.1, 5, start=1.9)
-    point = compute_interference(64, outputs, [(1.1, 1.85)], prefill_alone_ms=400.0)
+    point = compute_interference(64, [(outputs, [(1.1, 1.85)])], prefill_alone_ms=400.0)
     assert point.decode_step_ms_during_prefill == pytest.approx(100.0) and point.decode_slowdown == pytest.approx(1.0)
     assert point.decode_steps_during_prefill == 3
 
 
 def test_too_few_gaps_give_no_point():
-    assert compute_interference(64, outputs_every(0.1, 20), [], 100.0) is None  # no window
-    assert compute_interference(64, outputs_every(0.1, 20), [(0.0, 5.0)], 100.0) is None  # nothing alone
+    assert compute_interference(64, [(outputs_every(0.1, 20), [])], 100.0) is None  # no window
+    assert compute_interference(64, [(outputs_every(0.1, 20), [(0.0, 5.0)])], 100.0) is None  # nothing alone
+    assert compute_interference(64, [], 100.0) is None  # no stream
+
+
+def test_gaps_are_taken_within_each_stream():
+    # Two streams of 0.1 s steps, 10 s apart, a window in each: the 10 s between them is no gap.
+    first = outputs_every(0.1, 20)
+    second = outputs_every(0.1, 20, start=12.0)
+    point = compute_interference(64, [(first, [(0.95, 1.25)]), (second, [(12.95, 13.25)])], prefill_alone_ms=200.0)
+    assert point.decode_step_ms_alone == pytest.approx(100.0) and point.decode_slowdown == pytest.approx(1.0)
+    assert point.decode_steps_during_prefill == 4 and point.prefill_ms_during_decode == pytest.approx(300.0)
 
 
 @pytest.mark.parametrize("flags", [["--engine", "timing", "--profile", "x.yaml", "--interference-rounds", "4"],
@@ -238,7 +284,7 @@ async def test_the_grids_quiet_prompts_and_the_interference_baseline_pool_into_o
     grid = ProfileGrid(**{**QUIET_GRID.__dict__, "repeats": 3})
     profile = await profile_engine(cluster, INFO, TARGET, grid, clock=clock, sleep=clock.sleep)
     alone = cluster.alone_ms[128]
-    assert len(alone) == 9 and alone[:3] == sorted(alone)[:3]  # 3 of the grid, 3 before the stream, 3 after
+    assert len(alone) == 12 and alone[:3] == sorted(alone)[:3]  # 3 of the grid, 1 before each of 8 streams, 1 after
     at_128 = next(p for p in profile.interference if p.prompt_tokens == 128)
     point = next(p for p in profile.prefill_points if p.prompt_tokens == 128 and p.batch_size == 1)
     assert point.ttft_ms == at_128.prefill_ms_alone == pytest.approx(statistics.median(alone))
@@ -253,7 +299,8 @@ async def test_back_to_back_grid_points_are_not_pooled_with_the_baseline():
     profile = await profile_engine(cluster, INFO, TARGET, grid, clock=clock, sleep=clock.sleep)
     at_128 = next(p for p in profile.interference if p.prompt_tokens == 128)
     point = next(p for p in profile.prefill_points if p.prompt_tokens == 128 and p.batch_size == 1)
-    assert at_128.prefill_ms_alone == pytest.approx(statistics.median(cluster.alone_ms[128][-6:]))
+    # the grid's 3 first, then the baseline's: one before each stream and one after the last
+    assert at_128.prefill_ms_alone == pytest.approx(statistics.median(cluster.alone_ms[128][3:]))
     assert point.ttft_ms == pytest.approx(statistics.median(cluster.alone_ms[128][:3]))
 
 
