@@ -75,6 +75,8 @@ TIER_IDLE_S = 1.5
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+# A decode stream's outputs (time, tokens) and the windows (sent, first token) of the prompts beside it.
+Stream = tuple[Sequence[tuple[float, int]], Sequence[tuple[float, float]]]
 
 
 @dataclass(frozen=True)
@@ -341,7 +343,7 @@ async def measure_interference(engine: BaseEngine, prompts: _Prompts, prompt_tok
     num_streams = math.ceil(rounds / PROMPTS_PER_STREAM)
     per_pause = max(1, math.ceil(2 * grid.repeats / (num_streams + 1)))  # lone prompts before each stream, and after
     context = min(grid.decode_context_lengths)
-    streams = []
+    streams: list[Stream] = []
     for i in range(num_streams):
         own += await alone_ms(per_pause - (0 if i else len(own)))
         beside = min(PROMPTS_PER_STREAM, rounds - i * PROMPTS_PER_STREAM)
@@ -363,7 +365,7 @@ async def _window(engine: BaseEngine, request: EngineRequest, clock: Clock) -> t
 
 
 async def _decode_beside_prompts(engine: BaseEngine, prompts: _Prompts, stream: EngineRequest, prompt_tokens: int,
-                                 rounds: int, clock: Clock) -> tuple[list[tuple[float, int]], list[tuple[float, float]]]:
+                                 rounds: int, clock: Clock) -> Stream:
     """Run `stream`; after its first output and then after each prompt's first token, let
     `SETTLE_OUTPUTS` outputs pass and send the next prompt (at most `rounds`). Returns the stream's
     outputs (time, tokens) and the windows (sent, first token) of the prompts that ended while it ran."""
@@ -387,13 +389,11 @@ async def _decode_beside_prompts(engine: BaseEngine, prompts: _Prompts, stream: 
     return outputs, windows
 
 
-def compute_interference(prompt_tokens: int, streams: Sequence[tuple[Sequence[tuple[float, int]], Sequence[tuple[float, float]]]],
-                         prefill_alone_ms: float) -> InterferencePoint | None:
-    """The interference point of decode streams, each its outputs (time, tokens) and the windows (sent,
-    first token) of the prompts computed beside it. A gap between two outputs of a stream (per token) is
-    inside when one of its windows holds both ends, alone when it overlaps none; gaps that straddle a
-    window's edge, and those of a stream's first `SETTLE_OUTPUTS` outputs (the hand-off), count as
-    neither. None with fewer than `MIN_GAPS` of either or no window."""
+def compute_interference(prompt_tokens: int, streams: Sequence[Stream], prefill_alone_ms: float) -> InterferencePoint | None:
+    """The interference point of decode streams and the prompts computed beside them. A gap between two
+    outputs of a stream (per token) is inside when one of its windows holds both ends, alone when it
+    overlaps none; gaps that straddle a window's edge, and those of a stream's first `SETTLE_OUTPUTS`
+    outputs (the hand-off), count as neither. None with fewer than `MIN_GAPS` of either or no window."""
     inside, alone, durations = [], [], []
     for outputs, windows in streams:
         durations += [(first - sent) * 1000.0 for sent, first in windows]
