@@ -135,14 +135,18 @@ async def test_a_decode_step_beside_a_prompt_is_measured_slower_by_the_hosts_fac
 async def test_prompts_alone_and_beside_decoding_interleave():
     # 24 prompts beside decoding (6 s of 256 ms windows), 3 per stream: 8 streams, a lone prompt after
     # the quiet pause before each and after the last.
+    class Recording(SharedHostCluster):
+        sent: list[tuple[int, int]] = []  # (prompt tokens, max_tokens) in the order sent
+
+        def generate(self, request):
+            self.sent.append((len(request.prompt_ids), request.max_tokens))
+            return super().generate(request)
+
     clock = EventClock()
-    engine = SharedHostCluster(clock, decode_factor=1.0, prefill_factor=1.25)
-    sent: list[tuple[int, int]] = []  # (prompt tokens, max_tokens) in the order sent
-    generate = engine.generate
-    engine.generate = lambda request: (sent.append((len(request.prompt_ids), request.max_tokens)), generate(request))[1]
+    engine = Recording(clock, decode_factor=1.0, prefill_factor=1.25)
     point = await measure_interference(engine, _Prompts(), 128, GRID, DECODE_MS, 4096, clock, clock.sleep)
     assert point is not None and len(engine.alone_ms[128]) == 9
-    order = "".join("s" if max_tokens > 1 else "p" if length == 128 else "?" for length, max_tokens in sent)
+    order = "".join("s" if max_tokens > 1 else "p" if length == 128 else "?" for length, max_tokens in engine.sent)
     assert order == "psppp" * 8 + "p", order  # p: the 128-token prompt, s: a decode stream
 
 
