@@ -34,11 +34,13 @@ FAKE_RAY = """#!/bin/bash
 """
 FAKE_PDSERVE = """#!/bin/bash
 # Stand-in for `pdserve up`: records its arguments; exits with $PDSERVE_EXIT, or serves until SIGTERM.
-printf '%s\\n' "$@" > "$STATE/pdserve.args"
-[[ -n "${PDSERVE_EXIT:-}" ]] && exit "$PDSERVE_EXIT"
-trap 'kill $serving; touch "$STATE/pdserve.terminated"; exit 0' TERM
-sleep 60 &
+# The arguments are written once the SIGTERM handler is in place (tests signal when they see them), and
+# the serving child holds none of the test's pipes, so a signal at any moment ends the stand-in at once.
+[[ -n "${PDSERVE_EXIT:-}" ]] && { printf '%s\\n' "$@" > "$STATE/pdserve.args"; exit "$PDSERVE_EXIT"; }
+trap 'kill $serving 2>/dev/null; touch "$STATE/pdserve.terminated"; exit 0' TERM
+sleep 60 </dev/null >/dev/null 2>&1 &
 serving=$!
+printf '%s\\n' "$@" > "$STATE/pdserve.args"
 wait
 """
 
