@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 TOKEN_IDS = (256, 8192)  # prompt ids: words of the timing tokenizer, ordinary tokens of real vocabularies
 SPLIT_FRACTION = 0.1  # first tokens this close (a share of the time since submission) came from one step
 WARMUP_REQUESTS = 3
-SETTLE_OUTPUTS = 4  # decode outputs let pass after the stream's hand-off and after each interfering prompt
+SETTLE_OUTPUTS = 4  # decode outputs let pass after a stream's hand-off and after each interfering prompt
 INTERFERENCE_SLACK = 2.0  # stream tokens per round: enough for a prompt this many times slower than alone
 MIN_WINDOW_S = 6.0  # prompts beside the streams for at least this long per length (short prompts: more rounds)
 PROMPTS_PER_STREAM = 3  # prompts beside one decode stream: a stream about as long as a chat request's decode
@@ -94,7 +94,7 @@ class ProfileGrid:
     prefill_idle_s: float = 0.0  # pause without requests before each prefill measurement (0: back to back)
     passes: int = 1  # times the whole grid is measured; each point keeps its fastest pass
     interference_prompt_lengths: tuple[int, ...] = (128, 1024)
-    interference_rounds: int = 0  # prompts sent beside one decode stream, per length (0: not measured)
+    interference_rounds: int = 0  # prompts sent beside decode streams, per length, at least (0: not measured)
 
     def fitted(self, *, max_model_len: int, max_batched_tokens: int, max_num_seqs: int,
                kv_capacity_tokens: int) -> ProfileGrid:
@@ -345,7 +345,7 @@ async def measure_interference(engine: BaseEngine, prompts: _Prompts, prompt_tok
     context = min(grid.decode_context_lengths)
     streams: list[Stream] = []
     for i in range(num_streams):
-        own += await alone_ms(per_pause - (0 if i else len(own)))
+        own += await alone_ms(per_pause if i else per_pause - len(own))  # a sizing prompt is the first pause's
         beside = min(PROMPTS_PER_STREAM, rounds - i * PROMPTS_PER_STREAM)
         max_tokens = min(1 + SETTLE_OUTPUTS + beside * per_round, max_model_len - context - 1)
         streams.append(await _decode_beside_prompts(engine, prompts, prompts.request(context, max_tokens),

@@ -13,7 +13,8 @@ Ray, the prefill engine, the KV hand-off, the decode engine, and whatever else s
 That is the profile to simulate a cluster with when its engines do not have their hardware to
 themselves, as on a small CPU host (docs/simulator.md, Accuracy). On a disaggregated cluster it also
 measures how much the tiers slow each other (`--interference-rounds`, the file's `interference` points:
-a decode stream's steps while prompts are computed beside it, and those prompts' TTFT beside it).
+decode streams' steps while prompts are computed beside them, and those prompts' TTFT beside them
+against alone, the two interleaved).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ exit codes: 0 written, 1 the engine or the measurement failed, 2 bad flags"""
 # not, so a point's first steps are let pass before the measured ones.
 CLUSTER_DECODE_STEPS = 32
 CLUSTER_DECODE_WARMUP_STEPS = 32
-# Prompts sent beside one decode stream per interference length (a disaggregated cluster through its API).
+# Prompts sent beside decoding per interference length, at least (a disaggregated cluster through its API).
 CLUSTER_INTERFERENCE_ROUNDS = 6
 
 
@@ -90,8 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     grid.add_argument("--passes", type=int, metavar="N", help="measure the whole grid N times, keep each point's fastest "
                                                              "(a machine shared with other work; default: 1)")
     grid.add_argument("--interference-rounds", type=int, metavar="N",
-                      help="with --target on a disaggregated cluster: prompts sent beside one decode stream per "
-                           "interference length, to measure how the tiers slow each other on a shared host "
+                      help="with --target on a disaggregated cluster: prompts sent beside short decode streams "
+                           "(3 each, interleaved with the prompt alone) per interference length, at least, to measure how the tiers slow each other on a shared host "
                            f"(default: {CLUSTER_INTERFERENCE_ROUNDS}; 0: not measured)")
     grid.add_argument("--interference-lengths", metavar="LIST", help="prompt lengths of those prompts (default: 128,1024)")
     grid.add_argument("--time-limit", type=float, default=600.0, metavar="S",
