@@ -17,7 +17,11 @@ class ModelConfig(ConfigModel):
         DEFAULT_MODEL,
         description="A model name from `pdserve models list` (pulled on demand) or a local Hugging Face model directory.",
     )
-    dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field("bfloat16", description="Weights and KV cache dtype.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights and KV cache dtype. `auto`: float32 on the CPU (vLLM-CPU's bfloat16 kernels turn "
+        "some models' answers into gibberish on some CPUs), the checkpoint's own dtype on GPUs. The resolved dtype is in "
+        "`pdserve status` and the startup banner."
+    )
     max_model_len: int = Field(2048, ge=16, le=1_048_576, description="Context length limit (prompt + output tokens).")
     think_start: str = Field("<think>", min_length=1, description="Delimiter that opens the model's thinking span.")
     think_end: str = Field("</think>", min_length=1, description="Delimiter that closes the model's thinking span.")

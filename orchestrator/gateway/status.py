@@ -1,10 +1,10 @@
 """The cluster status document: what `pdserve status` prints and GetClusterStatus / the HTTP API return.
 
-    {"model", "ready", "mode": "disaggregated" | "colocated",
+    {"model", "ready", "mode": "disaggregated" | "colocated", "dtype",
      "pools": {"prefill" | "decode": {"desired_replicas", "actual_replicas", "workers": [
          {"id", "tier", "state", "healthy", "num_running", "num_waiting", "kv_usage", "num_free_blocks",
           "num_total_blocks", "kv_endpoint", "kv_endpoints", "num_handoffs", "block_size",
-          "kv_bytes_per_token", "max_model_len"}]}},
+          "kv_bytes_per_token", "max_model_len", "dtype"}]}},
      "transfers": {"recent_gb_per_s", "transfer_gb_per_s", "bytes_total", "num_completed", "num_recomputed"},
      "requests": {"in_flight", "queued", "total"},
      "planner": {"enabled", "prefill_replicas", "decode_replicas", "last_reasons"}}
@@ -39,7 +39,14 @@ def worker_entry(view: WorkerView, transport: str) -> dict[str, Any]:
         "block_size": view.info.block_size if view.info is not None else 0,
         "kv_bytes_per_token": view.info.kv_bytes_per_token if view.info is not None else 0,
         "max_model_len": view.info.max_model_len if view.info is not None else 0,
+        "dtype": view.info.dtype if view.info is not None else "",
     }
+
+
+def engine_dtype(views: list[WorkerView]) -> str:
+    """The dtype the engines resolved (`model.dtype: auto` made concrete): one name, or several joined
+    with "/" while workers of different dtypes serve; "" before any engine started."""
+    return "/".join(sorted({v.info.dtype for v in views if v.info is not None and v.info.dtype}))
 
 
 def status_document(gateway: Gateway, desired: dict[str, int], planner: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +64,7 @@ def status_document(gateway: Gateway, desired: dict[str, int], planner: dict[str
         "model": gateway.model_id,
         "ready": gateway.health().ready,
         "mode": "colocated" if gateway.config.pools.colocated else "disaggregated",
+        "dtype": engine_dtype(views),
         "pools": pools,
         "transfers": {
             "recent_gb_per_s": round(gateway.recent_transfer_rate() / 1e9, 6),

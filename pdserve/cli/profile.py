@@ -286,9 +286,10 @@ def _build_engine(setup: _Setup, args: argparse.Namespace) -> tuple[Any, Any]:
     import vllm
     from vllm.platforms import current_platform
 
-    from workers.engine.vllm_engine import VllmEngine
+    from workers.engine.vllm_engine import VllmEngine, resolve_dtype
 
-    what = f"vLLM {vllm.__version__}, {setup.model.dtype}, max_model_len {setup.model.max_model_len}{note}"
+    dtype = resolve_dtype(setup.model.dtype, on_gpu=current_platform.is_cuda_alike())
+    what = f"vLLM {vllm.__version__}, {dtype}, max_model_len {setup.model.max_model_len}{note}"
     if current_platform.is_cuda_alike():
         hardware = profiling.describe_gpu(setup.engine.tensor_parallel_size, what)
     else:

@@ -105,6 +105,7 @@ def summary_lines(document: Any) -> list[str]:
     lines = [
         f"model      {shown(field(document, 'model'))}",
         f"mode       {shown(field(document, 'mode'))}",
+        f"dtype      {shown(field(document, 'dtype') or None)}",
         f"ready      {shown(field(document, 'ready'), yes_no)}",
         f"requests   {shown(field(requests, 'in_flight'))} in flight, {shown(field(requests, 'queued'))} queued, "
         f"{shown(field(requests, 'total'))} total",

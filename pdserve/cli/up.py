@@ -142,9 +142,13 @@ async def _finish_start(start: asyncio.Future) -> Any:
 
 def _announce(cluster: Any, ready_file: str | None) -> None:
     servers = cluster.servers
+    from orchestrator.gateway.status import engine_dtype
+
     endpoints = {"grpc": servers.grpc_target, "http": servers.http_url, "model": cluster.gateway.model_id,
-                 "mode": "colocated" if cluster.config.pools.colocated else "disaggregated"}
-    print(f"pdserve is serving {endpoints['model']} ({endpoints['mode']})\n"
+                 "mode": "colocated" if cluster.config.pools.colocated else "disaggregated",
+                 "dtype": engine_dtype(cluster.gateway.views())}
+    dtype = f", {endpoints['dtype']}" if endpoints["dtype"] else ""
+    print(f"pdserve is serving {endpoints['model']} ({endpoints['mode']}{dtype})\n"
           f"  gRPC:    {servers.grpc_target}\n"
           f"  HTTP:    {servers.http_url}/v1 (OpenAI-compatible), {servers.http_url}/health, {servers.http_url}/metrics\n"
           f"  try:     pdserve generate \"The capital of France is\" --target {servers.grpc_target}\n"

@@ -17,8 +17,8 @@ from orchestrator.profiles import EngineProfile
 
 PDSERVE = [str(Path(sys.executable).with_name("pdserve"))] if Path(sys.executable).with_name("pdserve").exists() \
     else [sys.executable, "-m", "pdserve.cli"]
-# SmolLM2-135M: 30 layers x 3 KV heads x head dim 64, K and V, bfloat16.
-SMOLLM2_KV_BYTES_PER_TOKEN = 30 * 3 * 64 * 2 * 2
+# SmolLM2-135M: 30 layers x 3 KV heads x head dim 64, K and V, float32 (the default on the CPU).
+SMOLLM2_KV_BYTES_PER_TOKEN = 30 * 3 * 64 * 2 * 4
 
 
 @pytest.mark.vllm

@@ -85,7 +85,7 @@ class ReferenceEngine:
     """One plain vLLM engine (no connector) with the workers' settings, bound to one core like them:
     the colocated baseline that disaggregated outputs must match token for token."""
 
-    def __init__(self, model_dir: str, dtype: str = "bfloat16") -> None:
+    def __init__(self, model_dir: str, dtype: str = "auto") -> None:
         from orchestrator.config import EngineConfig, ModelConfig
         from workers.engine.vllm_engine import VllmEngine
 
@@ -93,7 +93,7 @@ class ReferenceEngine:
         previous = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0"
         self.engine = VllmEngine(model_dir, ModelConfig(max_model_len=MAX_MODEL_LEN, dtype=dtype),
-                                 EngineConfig(kv_cache_gib=KV_CACHE_GIB), worker_id=f"reference-{dtype}")
+                                 EngineConfig(kv_cache_gib=KV_CACHE_GIB), worker_id=f"reference-{dtype}")  # auto: the default's dtype
         try:
             self.loop.run(self.engine.start())
         finally:

@@ -14,7 +14,7 @@ from orchestrator.profiles import EngineProfile
 from pdserve import Client
 from pdserve.cli import main
 
-SMOLLM2_KV_BYTES_PER_TOKEN = 30 * 3 * 64 * 2 * 2  # layers x KV heads x head dim x (K, V) x bfloat16
+SMOLLM2_KV_BYTES_PER_TOKEN = 30 * 3 * 64 * 2 * 4  # layers x KV heads x head dim x (K, V) x float32 (the default)
 
 
 @pytest.mark.ray

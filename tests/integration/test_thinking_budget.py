@@ -39,7 +39,7 @@ def engine():
     from workers.modelstore import resolve
 
     model = resolve("smollm2-135m-instruct", pull_missing=True)
-    llm = LLM(model=str(model), dtype="bfloat16", max_model_len=512, enforce_eager=True, block_size=32,
+    llm = LLM(model=str(model), dtype="float32", max_model_len=512, enforce_eager=True, block_size=32,
               logits_processors=[THINKING_LOGITS_PROCESSOR], seed=0)
     tokenizer = llm.get_tokenizer()
     ids = {name: delimiter_token_ids(tokenizer, text)

@@ -1,10 +1,11 @@
 """Concurrent requests through the disaggregated path are token-identical to one plain vLLM engine.
 
-Run in float32, on a cluster of its own: in bfloat16, vLLM's CPU kernels are not batch-invariant, so
-one plain engine alone already answers some prompts differently when they run concurrently instead
-of one by one (measured here: 1 of these 8 prompts, at its third token; in float32, none). In float32
-the only thing left that could change a token is pdserve itself: KV blocks written to the wrong
-request or place, a token lost or repeated between the tiers, a stream crossed with another.
+Run on the session's cluster in the default dtype (float32 on the CPU). In bfloat16, vLLM's CPU kernels
+are not batch-invariant, so one plain engine alone already answers some prompts differently when they
+run concurrently instead of one by one (measured here: 1 of these 8 prompts, at its third token; in
+float32, none). In float32 the only thing left that could change a token is pdserve itself: KV blocks
+written to the wrong request or place, a token lost or repeated between the tiers, a stream crossed
+with another.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 
 import pytest
 
-from clusters import ReferenceEngine, start_serving
 from identity_prompts import build_prompts
 from pdserve import AsyncClient
 
@@ -22,21 +22,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 MAX_TOKENS = 12
 LENGTHS = [1, 31, 32, 33, 64, 65, 129, 257, 385, 513, 600]
 
-
-@pytest.fixture(scope="module")
-def float32_serving(ray_session, loop_thread, model_dir):
-    serving = start_serving(loop_thread, model_dir, **{"model.dtype": "float32"})
-    try:
-        yield serving
-    finally:
-        serving.stop()
-
-
-@pytest.fixture(scope="module")
-def float32_reference(model_dir):
-    reference = ReferenceEngine(model_dir, dtype="float32")
-    yield reference
-    reference.close()
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +44,13 @@ def _concurrent(target: str, prompts: list[list[int]]) -> list[list[int]]:
 
 @pytest.mark.parametrize("transport", ["zmq", "grpc"])
 def test_concurrent_requests_are_token_identical_to_one_engine_running_each_alone(
-        float32_serving, float32_reference, prompts, transport):
+        serving, reference_engine, prompts, transport):
     tokenizer, by_length = prompts
     marker = tokenizer.encode(f" ({transport})")  # fresh prompts for each transport: nothing cached yet
     batch = [marker + by_length[n] for n in LENGTHS]
-    target = float32_serving.grpc_target if transport == "zmq" else _grpc_gateway(float32_serving)
+    target = serving.grpc_target if transport == "zmq" else _grpc_gateway(serving)
     got = _concurrent(target, batch)
-    expected = [float32_reference.greedy(p, MAX_TOKENS) for p in batch]
+    expected = [reference_engine.greedy(p, MAX_TOKENS) for p in batch]
     mismatches = [f"{len(p)} tokens: got {g}, expected {e}" for p, g, e in zip(batch, got, expected) if g != e]
     assert not mismatches
 

@@ -118,6 +118,7 @@ class EngineInfo:
     kv_bytes_per_token: int
     kv_endpoints: dict[str, str] = field(default_factory=dict)  # transport -> where this engine receives KV
     kv_control_endpoint: str | None = None  # gRPC control (abort, stats) of the receiver
+    dtype: str = ""  # the weights' and KV cache's dtype the engine resolved (`model.dtype: auto` made concrete)
 
     def kv_endpoint(self, transport: str) -> str:
         """The receiving endpoint for `transport` (`zmq` | `grpc`). Raises EngineError if it has none."""

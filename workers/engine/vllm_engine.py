@@ -102,6 +102,7 @@ class VllmEngine(BaseEngine):
             kv_bytes_per_token=self._kv_bytes_per_token(),
             kv_endpoints=endpoints,
             kv_control_endpoint=endpoints.get("grpc"),
+            dtype=str(self._llm.vllm_config.model_config.dtype).removeprefix("torch."),
         )
         return self._info
 
@@ -117,7 +118,7 @@ class VllmEngine(BaseEngine):
 
         config = self._config
         args: dict[str, Any] = dict(
-            model=self._model_dir, dtype=self._model.dtype, max_model_len=self._model.max_model_len,
+            model=self._model_dir, dtype=resolve_dtype(self._model.dtype, on_gpu=_on_gpu()), max_model_len=self._model.max_model_len,
             block_size=config.block_size, enforce_eager=config.enforce_eager,
             enable_prefix_caching=config.enable_prefix_caching, seed=config.seed, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=max(config.max_num_batched_tokens, self._model.max_model_len),
@@ -294,6 +295,15 @@ class VllmEngine(BaseEngine):
                 pass
 
         return _Sink(vllm_config, engine_index)
+
+
+def resolve_dtype(dtype: str, *, on_gpu: bool) -> str:
+    """The dtype handed to vLLM for `model.dtype`: `auto` is float32 on the CPU, where vLLM-CPU's bfloat16
+    kernels give wrong text for SmolLM2 on some processors (and are not batch-invariant), and vLLM's own
+    `auto` (the checkpoint's dtype) on GPUs. An explicit dtype is passed as it is."""
+    if dtype != "auto":
+        return dtype
+    return "auto" if on_gpu else "float32"
 
 
 def _transfer_params(request: EngineRequest) -> dict[str, Any] | None:
