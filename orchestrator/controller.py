@@ -3,9 +3,13 @@
 Life of the controller (`pdserve up` creates one, named `pdserve-controller` in namespace `pdserve`):
 1. `start()` creates the initial pools (prefill + decode, or colocated) in parallel and returns once
    every worker is ready; a worker that fails to start fails the start with its error.
-2. A health loop polls every worker's `stats()` every `HEALTH_INTERVAL_S`: a worker whose actor died is
-   removed (the gateway moves its requests), and a replacement is started while the pool is below the
-   size asked for.
+2. A health loop polls every worker's `stats()` every `HEALTH_INTERVAL_S`. A worker is failed when its
+   actor died, when its engine is dead or wedged (`WorkerStats.healthy`: the engine's processes and
+   steps, see `BaseEngine.health`), or when it answered no check for `pools.health_timeout_s`. A failed
+   worker is killed at once (its in-flight requests then fail over at the gateway: migrated, or
+   recomputed), shown as failed with its reason for `FAILED_SHOWN_S`, and replaced while its pool is
+   below the size asked for: detection within about a second, a replacement serving one engine start
+   later.
 3. `scale_to(tier, n)` (the planner's Ray actuator, or a person) grows a pool by starting workers, or
    shrinks it by draining: the chosen workers get no new requests (the gateway sees `draining` in the
    next snapshot; a request that races it is refused by the worker and sent elsewhere), finish what
@@ -21,6 +25,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +40,10 @@ CONTROLLER_NAME = "pdserve-controller"  # + a suffix: several clusters may share
 NAMESPACE = "pdserve"
 HEALTH_INTERVAL_S = 0.5
 STATS_TIMEOUT_S = 10.0
+HEALTH_CALL_TIMEOUT_S = 2.0  # one health check; a worker fails after pools.health_timeout_s of these unanswered
+KILL_GRACE_S = 5.0  # a failed worker's shutdown (stops its engine processes) before its actor is killed
+FAILED_SHOWN_S = 300.0
+MAX_FAILED_SHOWN = 16
 DRAIN_TIMEOUT_S = 600.0
 MAX_RESTART_BACKOFF_S = 60.0
 TIERS = ("prefill", "decode")
@@ -51,6 +60,8 @@ class WorkerRecord:
     error: str = ""
     started_s: float = field(default_factory=time.monotonic)
     cores: str | None = None
+    last_seen_s: float = field(default_factory=time.monotonic)  # its last answered health check
+    failed_s: float = 0.0
 
     def view(self) -> dict[str, Any]:
         """What the gateway and `pdserve status` see of this worker."""
@@ -72,6 +83,7 @@ class ClusterController:
         self._stopping = False
         self._planner: Any = None
         self._start_failures: dict[str, tuple[int, float]] = {}  # tier -> (failures in a row, last failure)
+        self._failed: deque[WorkerRecord] = deque(maxlen=MAX_FAILED_SHOWN)  # shown as failed, then forgotten
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -124,7 +136,10 @@ class ClusterController:
     # ---- queries ---------------------------------------------------------------------------------
 
     def snapshot(self) -> list[dict[str, Any]]:
-        return [r.view() for r in self.workers.values()]
+        """Every worker (starting, ready, draining), then those that failed in the last FAILED_SHOWN_S."""
+        now = time.monotonic()
+        recent = [r for r in self._failed if now - r.failed_s < FAILED_SHOWN_S and r.worker_id not in self.workers]
+        return [r.view() for r in self.workers.values()] + [r.view() for r in recent]
 
     def replicas(self) -> dict[str, int]:
         """Ready, non-draining workers per tier (colocated workers count as decode)."""
@@ -241,6 +256,7 @@ class ClusterController:
         self._start_failures.pop(_pool(record.tier), None)
         if record.state == "starting":
             record.state = "ready"
+            record.last_seen_s = time.monotonic()
             log.info("worker %s ready (%s)", record.worker_id, record.info)
 
     async def _stop_worker(self, record: WorkerRecord, keep_record: bool = False) -> None:
@@ -255,20 +271,54 @@ class ClusterController:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
-            ready = [r for r in self.workers.values() if r.state in ("ready", "draining")]
-            results = await asyncio.gather(*(_call(r.handle.stats.remote(), STATS_TIMEOUT_S) for r in ready),
-                                           return_exceptions=True)
-            for record, result in zip(ready, results):
-                if isinstance(result, ray.exceptions.RayActorError):
-                    log.error("worker %s died: %s", record.worker_id, _reason(result))
-                    record.state, record.error = "failed", _reason(result)
-                    self.workers.pop(record.worker_id, None)
-                elif not isinstance(result, BaseException):
-                    record.stats = result
+            await self.check_health()
             for worker_id in [w for w, r in self.workers.items() if r.state == "failed"]:
-                self.workers.pop(worker_id, None)  # failed starts: reported once, then replaced
+                self._forget(self.workers[worker_id])  # failed starts: reported, then replaced
             for tier in TIERS:
                 self._reconcile(tier)
+
+    async def check_health(self) -> None:
+        """One round of health checks (see the module docstring); failed workers are killed and dropped."""
+        watched = [r for r in self.workers.values() if r.state in ("ready", "draining")]
+        results = await asyncio.gather(*(_call(r.handle.stats.remote(), HEALTH_CALL_TIMEOUT_S) for r in watched),
+                                       return_exceptions=True)
+        now = time.monotonic()
+        for record, result in zip(watched, results):
+            problem = self._health_problem(record, result, now)
+            if problem:
+                self._fail(record, problem)
+
+    def _health_problem(self, record: WorkerRecord, result: Any, now: float) -> str:
+        """Why this check fails the worker ("" when it does not)."""
+        if isinstance(result, ray.exceptions.RayActorError):
+            return f"the worker actor died: {_reason(result)}"
+        if isinstance(result, BaseException):  # no answer in time (a busy or stuck actor), or a transient error
+            silent_s = now - record.last_seen_s
+            timeout_s = self.config.pools.health_timeout_s
+            return f"no answer to health checks for {silent_s:.0f} s ({_reason(result)})" if silent_s > timeout_s else ""
+        record.last_seen_s = now
+        record.stats = result
+        return "" if result.healthy else result.health_error or "the engine is not healthy"
+
+    def _fail(self, record: WorkerRecord, reason: str) -> None:
+        log.error("worker %s failed: %s; replacing it", record.worker_id, reason)
+        record.state, record.error = "failed", reason
+        self._forget(record)
+        self._spawn(self._kill(record))
+
+    def _forget(self, record: WorkerRecord) -> None:
+        record.failed_s = time.monotonic()
+        self.workers.pop(record.worker_id, None)
+        self._failed.append(record)
+
+    @staticmethod
+    async def _kill(record: WorkerRecord) -> None:
+        """Stop a failed worker's engine processes if its actor still answers, then kill the actor."""
+        try:
+            await _call(record.handle.shutdown.remote(), KILL_GRACE_S)
+        except Exception as exc:  # dead or stuck: the kill below takes it
+            log.debug("worker %s shutdown: %s", record.worker_id, _reason(exc))
+        ray.kill(record.handle, no_restart=True)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

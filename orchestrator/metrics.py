@@ -12,7 +12,12 @@ KV transfer (observed at the receiver, reported with each request's first decode
 - `pdserve_kv_transfer_bytes_total`, `pdserve_kv_transfer_seconds` (first to last frame).
 - `pdserve_kv_recompute_total{cause}`: transfers that failed (checksum, timeout, aborted, prefill
   worker lost) and were recomputed by the decode worker.
-Resilience: `pdserve_migrations_total`: requests moved to another decode worker mid-stream.
+Resilience: `pdserve_migrations_total`: requests moved to another decode worker mid-stream;
+`pdserve_workers{tier,state}`: workers per pool and state (`starting`, `ready`, `draining`, `failed`:
+failed in the last 5 minutes) as of the gateway's last snapshot (at most 0.2 s old);
+`pdserve_worker_failures_total{tier}`: workers declared failed (actor or engine dead, engine wedged,
+health checks unanswered); `pdserve_degraded_requests_total`: requests a prefill worker served alone
+because no decode worker was ready.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ kv_transfer_seconds = Histogram("pdserve_kv_transfer_seconds", "KV transfer time
 kv_recompute_total = Counter("pdserve_kv_recompute_total",
                              "KV transfers that failed and were recomputed on the decode worker.", ["cause"])
 migrations_total = Counter("pdserve_migrations_total", "Requests moved to another decode worker mid-stream.")
+workers = Gauge("pdserve_workers", "Workers per pool and state (failed: in the last 5 minutes).", ["tier", "state"])
+worker_failures_total = Counter("pdserve_worker_failures_total", "Workers declared failed, per pool.", ["tier"])
+degraded_requests_total = Counter("pdserve_degraded_requests_total",
+                                  "Requests a prefill worker served alone because no decode worker was ready.")
+WORKER_STATES = ("starting", "ready", "draining", "failed")
 
 
 def recompute_cause(failure: str) -> str:

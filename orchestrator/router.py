@@ -11,6 +11,10 @@ Dynamo-style, in KV blocks: blocks it would have to receive (weighted by `prefix
 blocks it already holds for running requests. The prefill worker is the one with the least queued
 prompt work. When the decode worker holds at least `skip_prefill_min_fraction` of the prompt, the
 prefill tier is skipped and the decode worker computes the short rest itself.
+
+When no decode worker is ready (the pool's only worker failed and its replacement is starting), a
+prefill worker serves the whole request, colocated-style: its engine can decode too. That keeps a
+1P+1D cluster answering through a decode worker's restart, slower, instead of refusing everything.
 """
 
 from __future__ import annotations
@@ -63,15 +67,23 @@ class RouteDecision:
     matched_tokens: int  # prompt tokens the decode worker already holds
     skip_prefill: bool
     reason: str
+    degraded: bool = False  # no decode worker was ready: the "decode worker" is a prefill worker serving alone
 
 
 def pick(request: RouteRequest, snapshot: ClusterSnapshot, prefix_matches: Mapping[str, int],
          config: RouterConfig) -> RouteDecision:
     """Choose the pair. `prefix_matches[worker_id]` is the number of leading prompt blocks that worker holds.
 
-    Raises Unavailable when no decode worker can take the request.
+    Raises Unavailable when no worker can take the request (no decode worker, and no prefill worker to
+    stand in for one).
     """
     decode = _pick_decode(request, snapshot.decode, prefix_matches, config)
+    if decode is None:
+        alone = _pick_prefill(snapshot.prefill)
+        if alone is None:
+            raise Unavailable("no worker is ready (starting, draining or failed); retry shortly")
+        return RouteDecision(alone.worker_id, None, 0, False,
+                             "no decode worker ready: a prefill worker serves the whole request", degraded=True)
     matched_tokens = min(prefix_matches.get(decode.worker_id, 0) * request.block_size, request.num_prompt_tokens)
     if decode.tier == "colocated":
         return RouteDecision(decode.worker_id, None, matched_tokens, False, "colocated worker with the lowest cost")
@@ -95,10 +107,10 @@ def _decode_cost(request: RouteRequest, worker: WorkerLoad, prefix_matches: Mapp
 
 
 def _pick_decode(request: RouteRequest, workers: Sequence[WorkerLoad], prefix_matches: Mapping[str, int],
-                 config: RouterConfig) -> WorkerLoad:
+                 config: RouterConfig) -> WorkerLoad | None:
     candidates = [w for w in workers if w.routable]
     if not candidates:
-        raise Unavailable("no decode worker is ready (starting, draining or failed); retry shortly")
+        return None
     return min(candidates, key=lambda w: (_decode_cost(request, w, prefix_matches, config), w.num_running, w.worker_id))
 
 

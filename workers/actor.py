@@ -15,7 +15,8 @@ custom resources, on the CPU bound to their own cores); the gateway calls them. 
    - `abort(request_id)` stops a request and frees its blocks, whichever method runs it.
 4. `drain()` refuses new work and returns once nothing is in flight (requests and KV handoffs), or at
    its timeout; the controller then calls `shutdown()` and kills the actor.
-`stats()` is what the controller polls for health and load. Every method runs on the actor's event loop.
+`stats()` is what the controller polls for health and load: a worker is healthy while its engine is
+(`BaseEngine.health`: its processes live and its steps advance), not merely while the actor answers. Every method runs on the actor's event loop.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class WorkerStats:
     kv_transfers_completed: int
     kv_transfers_recomputed: int
     kv_transfer_seconds: float
+    healthy: bool = True  # the engine's health, not the actor's: its processes live and its steps advance
+    health_error: str = ""  # why not
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -249,6 +252,7 @@ class Worker:
 
     def stats(self) -> WorkerStats:
         counters = getattr(self.engine, "kv_counters", lambda: {})()
+        health = self.engine.health(self.config.pools.engine_stall_timeout_s)
         return WorkerStats(
             worker_id=self.worker_id, tier=self.tier, engine=self.engine.stats(), num_in_flight=len(self._in_flight),
             num_handoffs=len(self._handoffs), draining=self.draining,
@@ -256,7 +260,8 @@ class Worker:
             kv_received_bytes=int(counters.get("bytes_total", 0)),
             kv_transfers_completed=int(counters.get("transfers_completed", 0)),
             kv_transfers_recomputed=int(counters.get("transfers_recomputed", 0)),
-            kv_transfer_seconds=float(counters.get("seconds_total", 0.0)))
+            kv_transfer_seconds=float(counters.get("seconds_total", 0.0)),
+            healthy=health.alive, health_error=health.reason)
 
     # ---- internals -------------------------------------------------------------------------------
 

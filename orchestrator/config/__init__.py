@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from orchestrator.config.base import ConfigModel
 from orchestrator.config.budget import BudgetConfig
@@ -40,6 +40,14 @@ class PdserveConfig(ConfigModel):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+
+    @model_validator(mode="after")
+    def _check_stall_after_kv_timeout(self) -> "PdserveConfig":
+        # A decode engine legitimately waits up to kv.timeout_s for a transfer before it recomputes.
+        if self.pools.engine_stall_timeout_s <= self.kv.timeout_s:
+            raise ValueError(f"pools.engine_stall_timeout_s ({self.pools.engine_stall_timeout_s:g}) must exceed "
+                             f"kv.timeout_s ({self.kv.timeout_s:g}): a decode engine waits that long for a transfer")
+        return self
 
 
 def _explain(err: ValidationError, source: str) -> ConfigError:

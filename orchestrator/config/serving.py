@@ -61,6 +61,14 @@ class PoolsConfig(ConfigModel):
     gpus_per_worker: float = Field(0.0, ge=0, le=64, description="Ray GPUs reserved by each worker actor (0 on CPU-only machines).")
     bind_cores: bool = Field(True, description="On the CPU, pin each worker's engine threads to its own core(s).")
     start_timeout_s: float = Field(600.0, gt=0, description="How long a worker may take to load its engine before it is declared failed.")
+    engine_stall_timeout_s: float = Field(
+        60.0, gt=0, le=86_400, description="A worker whose engine holds unfinished requests and has not stepped for this "
+        "long is wedged: it is declared failed, replaced, and its requests move elsewhere. Must exceed `kv.timeout_s` and "
+        "the longest single prefill step."
+    )
+    health_timeout_s: float = Field(
+        15.0, gt=0, le=3600, description="A worker that answers no health check for this long is declared failed and replaced."
+    )
 
     @model_validator(mode="after")
     def _check_pools(self) -> "PoolsConfig":

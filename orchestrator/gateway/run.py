@@ -9,12 +9,16 @@
 4. Decode: the decode worker gets the prompt plus the first token and the transfer id; its engine
    waits for the KV (or recomputes it when the transfer is lost, late or corrupt) and streams the
    rest. A decode worker that dies mid-stream is replaced by another, given the prompt and every token
-   streamed so far: the client sees one unbroken stream, no token lost or repeated.
+   streamed so far: the client sees one unbroken stream, no token lost or repeated. With no decode
+   worker left, a prefill worker continues the request alone (the router's degraded fallback).
 5. Every token is charged to the budget meter before it is sent (`BudgetMeter.charge`), detokenized
    and matched against the stop strings, here, once, whichever engines produced it.
 6. However it ends (finish, budget, deadline, cancel, error, client gone), the engine requests still
    running are aborted on their workers, which frees their KV blocks on both tiers.
-Deadline and cancel are watched at every wait: queue, prefill, transfer and each decode step.
+Deadline and cancel are watched at every wait: queue, prefill, transfer and each decode step. No wait
+is unbounded, even without a deadline: the queue gives up after `pools.start_timeout_s` (no worker
+came), and a worker that sends nothing for `pools.engine_stall_timeout_s + pools.health_timeout_s`
+(the controller should have failed it by then) is treated as lost.
 """
 
 from __future__ import annotations
@@ -53,6 +57,10 @@ class _Stop(Exception):
 
 class _WorkerLost(Exception):
     """The worker running a part of the request died, failed or refused it (draining)."""
+
+
+class _Stalled(Exception):
+    """A wait passed its stall bound (the worker sent nothing, or no worker came)."""
 
 
 def worker_lost(exc: BaseException) -> bool:
@@ -115,6 +123,9 @@ class RequestRun:
         route = self.gateway.route(self.prompt_ids, record=True)
         decode = self.gateway.worker(route.decode_worker)
         self.usage_extra["decode_worker"] = route.decode_worker
+        if route.degraded:
+            metrics.degraded_requests_total.inc()
+            log.warning("request %s: %s (%s)", self.request.request_id, route.reason, route.decode_worker)
         receive = False
         if route.prefill_worker is not None:
             chunk, receive = await self._prefill(self.gateway.worker(route.prefill_worker), decode)
@@ -132,8 +143,12 @@ class RequestRun:
         entry = QueueEntry(self.request.request_id, self.request.tenant, self.meter.admission.priority,
                            len(self.prompt_ids) + self.limit)
         span = tracing.child_span("queue", self.span, priority=entry.priority)
+        bound_s = self.gateway.config.pools.start_timeout_s
         try:
-            await self._wait(self.gateway.queue.acquire(entry))
+            await self._wait(self.gateway.queue.acquire(entry), stall_s=bound_s)
+        except _Stalled:
+            raise Unavailable(f"no worker could take the request within {bound_s:.0f} s "
+                              f"(cluster health: {self.gateway.health().detail}); retry later") from None
         finally:
             span.end()
         self._slot = True
@@ -324,8 +339,14 @@ class RequestRun:
     async def _call(self, worker: WorkerView, engine_request: EngineRequest, awaitable: Any, end_ok: bool = False) -> Any:
         """Await a worker call under the deadline and cancel; worker failures become `_WorkerLost`."""
         self._active.setdefault(engine_request.request_id, worker.handle)
+        pools = self.gateway.config.pools
+        stall_s = pools.engine_stall_timeout_s + pools.health_timeout_s
         try:
-            return await self._wait(awaitable)
+            return await self._wait(awaitable, stall_s=stall_s)
+        except _Stalled:
+            self._active.pop(engine_request.request_id, None)
+            self.gateway.abort_later(worker.handle, engine_request.request_id)
+            raise _WorkerLost(f"{worker.worker_id} sent nothing for {stall_s:.0f} s") from None
         except StopAsyncIteration:
             if end_ok:
                 return None
@@ -344,10 +365,12 @@ class RequestRun:
         if self.meter.time_left_s(self._now()) <= 0:
             raise _Stop(FinishReason.DEADLINE)
 
-    async def _wait(self, awaitable: Any) -> Any:
+    async def _wait(self, awaitable: Any, stall_s: float = float("inf")) -> Any:
+        """Await under the request's deadline and cancel (`_Stop`) and a stall bound (`_Stalled`)."""
         task = asyncio.ensure_future(awaitable)
         cancelled = asyncio.ensure_future(self.running.cancelled.wait())
-        timeout = self.meter.time_left_s(self._now())
+        time_left_s = self.meter.time_left_s(self._now())
+        timeout = min(time_left_s, stall_s)
         try:
             done, _ = await asyncio.wait({task, cancelled}, timeout=None if timeout == float("inf") else max(timeout, 0),
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -359,6 +382,8 @@ class RequestRun:
         if task in done:
             return task.result()
         task.cancel()
+        if not self.running.cancelled.is_set() and stall_s < time_left_s:
+            raise _Stalled()
         raise _Stop(FinishReason.CANCELLED if self.running.cancelled.is_set() else FinishReason.DEADLINE)
 
     def _cleanup(self) -> None:

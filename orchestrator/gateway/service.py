@@ -53,6 +53,7 @@ class WorkerView:
     state: str
     info: Any  # EngineInfo
     stats: Any  # WorkerStats
+    error: str = ""  # why it failed (state "failed")
 
     @property
     def pool(self) -> str:
@@ -100,6 +101,7 @@ class Gateway(BaseGateway):
         self._thinking: dict[tuple[Any, ...], ThinkingLimits] = {}
         self._report = GatewayReport()
         self._reporter: asyncio.Task | None = None
+        self._failures_seen: set[str] = set()
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -125,13 +127,26 @@ class Gateway(BaseGateway):
             self._controller_error = f"controller unreachable: {exc}"
             log.warning("gateway: %s", self._controller_error)
             return
-        self._views = {r["worker_id"]: WorkerView(r["worker_id"], r["tier"], r["handle"], r["state"], r["info"], r["stats"])
+        self._views = {r["worker_id"]: WorkerView(r["worker_id"], r["tier"], r["handle"], r["state"], r["info"], r["stats"],
+                                                  r.get("error", ""))
                        for r in records}
+        self._observe_workers()
         for worker_id in set(self._local) - set(self._views):
             self._local.pop(worker_id, None)
             self._prefix.forget(worker_id)
         self._sample_transfers()
         self.queue.poke()
+
+    def _observe_workers(self) -> None:
+        """Set the worker gauges, and count each failed worker once."""
+        counts = {(pool, state): 0 for pool in ("prefill", "decode") for state in metrics.WORKER_STATES}
+        for view in self._views.values():
+            counts[(view.pool, view.state)] = counts.get((view.pool, view.state), 0) + 1
+            if view.state == "failed" and view.worker_id not in self._failures_seen:
+                self._failures_seen.add(view.worker_id)
+                metrics.worker_failures_total.labels(tier=view.pool).inc()
+        for (pool, state), count in counts.items():
+            metrics.workers.labels(tier=pool, state=state).set(count)
 
     def _sample_transfers(self) -> None:
         now = self.clock()
@@ -242,10 +257,23 @@ class Gateway(BaseGateway):
         return [ModelInfo(self.model_id, min(lengths) if lengths else self.config.model.max_model_len)]
 
     def health(self) -> Health:
+        """Ready when every pool has a ready worker, as of the last snapshot (at most `refresh_s` old).
+        The detail says what is not: failed workers with their reasons, pools being refilled, and
+        whether requests are still served meanwhile (a prefill worker standing in for the decode pool)."""
         ready = self._ready_counts()
         needed = ("decode",) if self.config.pools.colocated else ("prefill", "decode")
         ok = not self._controller_error and all(ready[pool] > 0 for pool in needed)
         detail: dict[str, Any] = {"pools": ready}
+        failed = {v.worker_id: v.error for v in self._views.values() if v.state == "failed"}
+        if failed:
+            detail["failed_workers"] = failed
+        starting = [v.worker_id for v in self._views.values() if v.state == "starting"]
+        if starting:
+            detail["starting_workers"] = starting
+        if not ok:
+            detail["serving"] = any(ready.values())
+            if ready["decode"] == 0 and ready["prefill"] > 0:
+                detail["degraded"] = "no decode worker is ready: prefill workers serve whole requests meanwhile"
         if self._controller_error:
             detail["error"] = self._controller_error
         return Health(ok, detail)
@@ -365,8 +393,10 @@ class Gateway(BaseGateway):
         return counts
 
     def _capacity(self) -> int:
-        per_worker = self.config.engine.max_num_seqs
-        return per_worker * sum(1 for v in self._views.values() if v.pool == "decode" and v.state == "ready")
+        """Slots of the ready decode workers; while there are none, of the ready prefill workers, which
+        then serve whole requests (the router's fallback)."""
+        ready = self._ready_counts()
+        return self.config.engine.max_num_seqs * (ready["decode"] or ready["prefill"])
 
     def _snapshot(self, exclude: set[str] | frozenset[str]) -> ClusterSnapshot:
         prefill, decode = [], []

@@ -1,8 +1,8 @@
 """The cluster status document: what `pdserve status` prints and GetClusterStatus / the HTTP API return.
 
-    {"model", "ready", "mode": "disaggregated" | "colocated", "dtype",
+    {"model", "ready", "mode": "disaggregated" | "colocated", "dtype", "health": {/health's detail},
      "pools": {"prefill" | "decode": {"desired_replicas", "actual_replicas", "workers": [
-         {"id", "tier", "state", "healthy", "num_running", "num_waiting", "kv_usage", "num_free_blocks",
+         {"id", "tier", "state" (starting | ready | draining | failed), "healthy", "error", "num_running", "num_waiting", "kv_usage", "num_free_blocks",
           "num_total_blocks", "kv_endpoint", "kv_endpoints", "num_handoffs", "block_size",
           "kv_bytes_per_token", "max_model_len", "dtype"}]}},
      "transfers": {"recent_gb_per_s", "transfer_gb_per_s", "bytes_total", "num_completed", "num_recomputed"},
@@ -27,7 +27,9 @@ def worker_entry(view: WorkerView, transport: str) -> dict[str, Any]:
     engine = view.stats.engine if view.stats is not None else None
     endpoints = dict(view.info.kv_endpoints) if view.info is not None else {}
     return {
-        "id": view.worker_id, "tier": view.tier, "state": view.state, "healthy": view.state in ("ready", "draining"),
+        "id": view.worker_id, "tier": view.tier, "state": view.state,
+        "healthy": view.state in ("ready", "draining") and (view.stats is None or view.stats.healthy),
+        "error": view.error,
         "num_running": engine.num_running if engine else 0, "num_waiting": engine.num_waiting if engine else 0,
         "kv_usage": round(engine.kv_usage, 4) if engine else 0.0,
         "num_free_blocks": engine.num_free_blocks if engine else 0,
@@ -51,6 +53,7 @@ def engine_dtype(views: list[WorkerView]) -> str:
 
 def status_document(gateway: Gateway, desired: dict[str, int], planner: dict[str, Any]) -> dict[str, Any]:
     views = gateway.views()
+    health = gateway.health()
     pools = {}
     for pool in POOLS:
         members = [v for v in views if v.pool == pool]
@@ -62,7 +65,8 @@ def status_document(gateway: Gateway, desired: dict[str, int], planner: dict[str
     seconds = sum(s.kv_transfer_seconds for s in stats)
     return {
         "model": gateway.model_id,
-        "ready": gateway.health().ready,
+        "ready": health.ready,
+        "health": health.detail,
         "mode": "colocated" if gateway.config.pools.colocated else "disaggregated",
         "dtype": engine_dtype(views),
         "pools": pools,

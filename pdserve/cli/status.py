@@ -20,7 +20,7 @@ DEFAULT_TIMEOUT_S = 10.0
 MISSING = "-"
 POOLS = ("prefill", "decode")
 WORKER_COLUMNS = ("POOL", "REPLICAS", "WORKER", "STATE", "HEALTHY", "RUNNING", "WAITING", "KV USED",
-                  "FREE BLOCKS", "KV ENDPOINT")
+                  "FREE BLOCKS", "KV ENDPOINT", "ERROR")
 
 EXAMPLES = """examples:
   pdserve status
@@ -113,6 +113,9 @@ def summary_lines(document: Any) -> list[str]:
         f"{shown(field(transfers, 'num_completed'))} completed, {shown(field(transfers, 'num_recomputed'))} "
         f"recomputed, {shown(field(transfers, 'bytes_total'), byte_size)} moved",
     ]
+    degraded = field(document, "health", "degraded")
+    if isinstance(degraded, str):
+        lines.append(f"degraded   {degraded}")
     return lines + planner_lines(field(document, "planner"))
 
 
@@ -146,7 +149,7 @@ def worker_cells(worker: dict[str, Any]) -> tuple[str, ...]:
     return (shown(worker.get("id")), shown(worker.get("state")), shown(worker.get("healthy"), yes_no),
             shown(worker.get("num_running")), shown(worker.get("num_waiting")), shown(worker.get("kv_usage"), percent),
             MISSING if free is None and total is None else f"{shown(free)}/{shown(total)}",
-            shown(worker.get("kv_endpoint") or None))
+            shown(worker.get("kv_endpoint") or None), worker.get("error") or "")
 
 
 def table(rows: list[tuple[str, ...]]) -> list[str]:

@@ -191,7 +191,7 @@ def test_status_prints_pools_and_workers(servers):
     assert "model      fake-model" in lines and "ready      no" in lines and "mode       disaggregated" in lines
     header = next(line for line in lines if line.startswith("POOL"))
     assert header.split() == ["POOL", "REPLICAS", "WORKER", "STATE", "HEALTHY", "RUNNING", "WAITING", "KV",
-                              "USED", "FREE", "BLOCKS", "KV", "ENDPOINT"]
+                              "USED", "FREE", "BLOCKS", "KV", "ENDPOINT", "ERROR"]
     decode = next(line for line in lines if line.startswith("decode"))
     assert decode.split() == ["decode", "0/1", "decode-0", "starting", "no", "0", "0", "0.0%", "1024/1024",
                               "tcp://127.0.0.1:5601"]
@@ -221,5 +221,5 @@ def test_status_renders_missing_keys_as_dashes():
     lines = result.stdout.splitlines()
     assert "ready      -" in lines and "requests   - in flight, - queued, - total" in lines
     assert "planner    on: wants prefill -, decode -" in lines
-    assert next(line for line in lines if line.startswith("prefill")).split() == ["prefill", "-/-"] + ["-"] * 8
+    assert next(line for line in lines if line.startswith("prefill")).split() == ["prefill", "-/-"] + ["-"] * 9
     assert next(line for line in lines if line.startswith("decode")).split() == ["decode", "-/2", "d-7"] + ["-"] * 7

@@ -57,11 +57,23 @@ def test_draining_and_unready_workers_are_not_picked():
     assert (decision.prefill_worker, decision.decode_worker) == ("p1", "d1")
 
 
-def test_no_decode_worker_is_unavailable_and_no_prefill_falls_back_to_decode():
-    with pytest.raises(Unavailable, match="no decode worker"):
-        pick(RouteRequest(10), _snapshot(prefill=[WorkerLoad("p0", "prefill")]), {}, RouterConfig())
+def test_no_prefill_worker_falls_back_to_decode():
     decision = pick(RouteRequest(10), _snapshot(decode=[WorkerLoad("d0", "decode")]), {}, RouterConfig())
-    assert decision.prefill_worker is None and "no prefill worker" in decision.reason
+    assert decision.prefill_worker is None and "no prefill worker" in decision.reason and not decision.degraded
+
+
+def test_no_decode_worker_a_prefill_worker_serves_alone():
+    snap = _snapshot(prefill=[WorkerLoad("p0", "prefill", pending_prefill_tokens=500), WorkerLoad("p1", "prefill"),
+                              WorkerLoad("p2", "prefill", ready=False)],
+                     decode=[WorkerLoad("d0", "decode", ready=False), WorkerLoad("d1", "decode", draining=True)])
+    decision = pick(RouteRequest(10), snap, {}, RouterConfig())
+    assert (decision.decode_worker, decision.prefill_worker, decision.degraded) == ("p1", None, True)
+    assert "no decode worker ready" in decision.reason
+
+
+def test_no_worker_at_all_is_unavailable():
+    with pytest.raises(Unavailable, match="no worker is ready"):
+        pick(RouteRequest(10), _snapshot(prefill=[WorkerLoad("p0", "prefill", ready=False)]), {}, RouterConfig())
 
 
 def test_prefix_index_is_bounded_lru():

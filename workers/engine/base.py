@@ -109,6 +109,14 @@ class EngineStats:
 
 
 @dataclass(frozen=True)
+class EngineHealth:
+    """Whether the engine can serve: its processes live and its steps advance. `reason` says why not."""
+
+    alive: bool = True
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class EngineInfo:
     """What the control plane needs to know about an engine once it started."""
 
@@ -155,6 +163,12 @@ class BaseEngine(abc.ABC):
     async def kv_outcome(self, transfer_id: str) -> KVOutcome | None:
         """How a transfer this engine received ended (None: unknown yet). Engines without KV transfer: None."""
         return None
+
+    def health(self, stall_timeout_s: float) -> EngineHealth:
+        """Cheap, non-blocking: dead when an engine process exited or the engine failed; dead too when it
+        holds unfinished requests and made no step for `stall_timeout_s` (wedged). Engines that run in
+        the worker's own process: always alive (the worker's liveness is theirs)."""
+        return EngineHealth()
 
     def kv_counters(self) -> dict[str, float]:
         """Cumulative KV transfer counters of this engine (names of `GetTransferStatsResponse`); {} if none."""

@@ -12,7 +12,10 @@ Life of the engine in a worker:
 3. A background task refreshes the exact free-block count (from the connector's scheduler side) and
    the KV counters (from its worker side) every `STATS_REFRESH_S`: vLLM's own stats only move when
    the engine steps, so an aborted request's freed blocks would not show in them.
-4. `shutdown()` stops the EngineCore process.
+4. `health()` (polled through the worker's stats): dead once vLLM saw its EngineCore fail, once one of
+   the engine's processes (EngineCore, its VLLM::Worker) exited, or when requests are unfinished and no
+   step came for the stall timeout (wedged). A step is seen by the stat logger vLLM calls after each one.
+5. `shutdown()` stops the EngineCore process.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from orchestrator.config import EngineConfig, ModelConfig
 from workers.engine.base import (
     BaseEngine,
     EngineError,
+    EngineHealth,
     EngineInfo,
     EngineOutput,
     EngineRequest,
@@ -73,6 +77,9 @@ class VllmEngine(BaseEngine):
         self._block_stats: Any = None  # ... of the scheduler side: the block pool's counts
         self._channels: list[grpc.aio.Channel] = []
         self._refresh_task: asyncio.Task | None = None
+        self._processes: list[Any] = []  # psutil.Process of the engine's own processes (VLLM::EngineCore, VLLM::Worker)
+        self._num_unfinished = 0  # requests whose generate() has not ended
+        self._last_progress_s = time.monotonic()  # the last engine step, or the last request's arrival
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -89,6 +96,7 @@ class VllmEngine(BaseEngine):
             self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[self._stats_sink])
         except Exception as exc:  # vLLM raises many kinds; the worker needs one, with the cause
             raise EngineError(f"vLLM could not start {self._model_dir}: {exc}") from exc
+        self._processes = _engine_processes()
         endpoints = await self._read_endpoints(endpoint_file) if endpoint_file else {}
         if endpoints:
             self._control = self._stub(endpoints["grpc"])
@@ -183,6 +191,8 @@ class VllmEngine(BaseEngine):
         params = self._sampling_params(request)
         first = True
         finished = False
+        self._num_unfinished += 1
+        self._last_progress_s = time.monotonic()
         try:
             async for output in self._llm.generate(TokensPrompt(prompt_token_ids=list(request.prompt_ids)), params,
                                                    request.request_id):
@@ -202,6 +212,7 @@ class VllmEngine(BaseEngine):
                 raise EngineError(f"the vLLM engine died: {exc}") from exc
             raise
         finally:
+            self._num_unfinished -= 1
             if not finished:
                 await self.abort(request.request_id)
 
@@ -247,7 +258,21 @@ class VllmEngine(BaseEngine):
             return KVOutcome(outcome.complete, outcome.bytes, outcome.seconds, outcome.failure)
         return None
 
-    # ---- stats -----------------------------------------------------------------------------------
+    # ---- health and stats --------------------------------------------------------------------------
+
+    def health(self, stall_timeout_s: float) -> EngineHealth:
+        if self._llm is None:
+            return EngineHealth(False, "the vLLM engine is not running")
+        for process in self._processes:
+            if not _alive(process):
+                return EngineHealth(False, f"the engine process {_name(process)} (pid {process.pid}) exited")
+        if self._llm.errored:
+            return EngineHealth(False, "the vLLM engine failed (its EngineCore stopped)")
+        quiet_s = time.monotonic() - self._last_progress_s
+        if self._num_unfinished and quiet_s > stall_timeout_s:
+            return EngineHealth(False, f"the engine is wedged: no step for {quiet_s:.0f} s with "
+                                       f"{self._num_unfinished} requests unfinished")
+        return EngineHealth()
 
     def stats(self) -> EngineStats:
         latest = self._latest
@@ -288,6 +313,7 @@ class VllmEngine(BaseEngine):
 
             def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
                        engine_idx: int = 0) -> None:
+                adapter._last_progress_s = time.monotonic()  # called once per engine step
                 if scheduler_stats is not None:
                     adapter._latest = scheduler_stats
 
@@ -328,6 +354,38 @@ def _engine_dead(exc: Exception) -> bool:
     from vllm.v1.engine.exceptions import EngineDeadError
 
     return isinstance(exc, EngineDeadError)
+
+
+def _engine_processes() -> list[Any]:
+    """The processes vLLM started for this engine (it names them VLLM::EngineCore, VLLM::Worker, ...)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.name().startswith("VLLM::"):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _alive(process: Any) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _name(process: Any) -> str:
+    import psutil
+
+    try:
+        return process.name()
+    except psutil.Error:
+        return "VLLM process"
 
 
 def _on_gpu() -> bool:

@@ -15,8 +15,11 @@ the next layer. Receivers run their own threads and hand every frame to a `Trans
 
 A sender never blocks the engine and never raises into it: a frame that cannot be sent (peer gone,
 queue full) is dropped and counted (its `on_done` runs too); the receiver's timeout turns that into a
-recompute. A zero-copy part still queued in ZeroMQ past `release_timeout_s` is released anyway: if its
-blocks are then reused, the receiver sees a checksum mismatch and recomputes, never wrong KV.
+recompute. A zero-copy part still queued in ZeroMQ `release_timeout_s` after it was sent is released
+anyway: if its blocks are then reused, the receiver sees a checksum mismatch and recomputes, never
+wrong KV. A ZeroMQ peer that is gone (its worker died) costs at most `send_wait_s` per frame: sockets
+queue only on live connections (ZMQ_IMMEDIATE), so frames for a dead peer are refused rather than
+queued for a reconnect that never comes (and holding the prefill engine's blocks until then).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import abc
 import logging
 import queue
 import threading
+import time
 
 from collections.abc import Callable
 from concurrent import futures
@@ -158,15 +162,21 @@ class _DoneTracker:
         return None
 
 
+class PeerUnavailable(Exception):
+    """No live connection to the receiver took a frame within the send wait."""
+
+
 class ZmqSender(BaseKVSender):
-    def __init__(self, max_queued_frames: int = 4096, sndhwm: int = 1024, release_timeout_s: float = 30.0) -> None:
+    def __init__(self, max_queued_frames: int = 4096, sndhwm: int = 1024, release_timeout_s: float = 30.0,
+                 send_wait_s: float = 2.0) -> None:
         self._context = zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket] = {}
         self._sndhwm = sndhwm
         self._release_timeout_s = release_timeout_s
-        # Sent frames, oldest first, whose buffers ZeroMQ may still read; a thread of their own waits on
-        # each message's tracker in turn and then runs the frame's `done()`.
-        self._in_flight: queue.Queue[tuple[zmq.MessageTracker, OutgoingFrame] | None] = queue.Queue()
+        self._send_wait_ms = int(send_wait_s * 1000)
+        # Sent frames, oldest first, whose buffers ZeroMQ may still read, with when they were sent; a thread
+        # of their own waits on each message's tracker in turn and then runs the frame's `done()`.
+        self._in_flight: queue.Queue[tuple[zmq.MessageTracker, OutgoingFrame, float] | None] = queue.Queue()
         self._releaser = threading.Thread(target=self._release_loop, name="ZmqSender-release", daemon=True)
         self._releaser.start()
         super().__init__(max_queued_frames)
@@ -177,6 +187,8 @@ class ZmqSender(BaseKVSender):
             sock = self._context.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, self._sndhwm)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on live connections: a dead peer refuses, not hoards
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
             sock.connect(f"tcp://{address}")
             self._sockets[address] = sock
         return sock
@@ -184,20 +196,32 @@ class ZmqSender(BaseKVSender):
     def _deliver(self, frame: OutgoingFrame) -> None:
         _, address = split_endpoint(frame.endpoint)
         header, parts = frame.wire()
-        if frame.on_done is None:  # nobody waits for this frame's buffers: no tracking needed
-            self._socket(address).send_multipart([header.SerializeToString(), *parts], copy=False)
-        else:
-            tracker = self._socket(address).send_multipart([header.SerializeToString(), *parts], copy=False,
-                                                            track=True)
-            self._in_flight.put((tracker, frame))
+        message = [header.SerializeToString(), *parts]
+        sock = self._socket(address)
+        tracker = self._send(sock, message, address, track=frame.on_done is not None)
+        if tracker is not None:  # frames nobody waits for (no on_done) are not tracked
+            self._in_flight.put((tracker, frame, time.monotonic()))
         self.counters.frames_sent += 1
         self.counters.bytes_sent += sum(part.nbytes for part in parts)
 
+    def _send(self, sock: zmq.Socket, message: list[Any], address: str, *, track: bool) -> Any:
+        """Send without blocking; with no room (no live connection yet, or the peer's queue full) wait up
+        to the send wait for some, then give up with PeerUnavailable."""
+        for attempt in range(2):
+            try:
+                return sock.send_multipart(message, flags=zmq.NOBLOCK, copy=False, track=track)
+            except zmq.Again:
+                if attempt or not sock.poll(self._send_wait_ms, zmq.POLLOUT):
+                    break
+        raise PeerUnavailable(f"no live connection to {address} took the frame within {self._send_wait_ms} ms")
+
     def _release_loop(self) -> None:
         while (item := self._in_flight.get()) is not None:
-            tracker, frame = item
+            tracker, frame, sent_s = item
             try:
-                tracker.wait(self._release_timeout_s)
+                # From the send, not from now: one frame stuck for a dead peer must not delay the rest by
+                # a full timeout each.
+                tracker.wait(max(sent_s + self._release_timeout_s - time.monotonic(), 0.0))
             except zmq.NotDone:
                 log.warning("KV frame of transfer %s not sent after %.0f s: releasing its buffers",
                             frame.fields.get("transfer_id"), self._release_timeout_s)
@@ -205,7 +229,7 @@ class ZmqSender(BaseKVSender):
 
     def _release_all(self) -> None:
         done = threading.Event()
-        self._in_flight.put((_DoneTracker(), OutgoingFrame("", {}, b"", on_done=done.set)))
+        self._in_flight.put((_DoneTracker(), OutgoingFrame("", {}, b"", on_done=done.set), time.monotonic()))
         done.wait(self._release_timeout_s + 1)
 
     def _shutdown(self) -> None:

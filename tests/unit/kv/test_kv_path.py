@@ -5,7 +5,9 @@ Real sockets on 127.0.0.1 (ZeroMQ and gRPC); caches are small torch tensors in t
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from workers.kv.transport import (
     LoopbackSender,
     OutgoingFrame,
     ZmqReceiver,
+    ZmqSender,
     serve_kv_service,
 )
 from workers.kv.wire import checksum, make_header, payload_size
@@ -176,6 +179,34 @@ def test_a_frame_to_a_dead_endpoint_is_dropped_and_released_never_raised():
         assert released.wait(30)
     finally:
         senders.close()
+
+
+def test_zmq_frames_for_a_dead_peer_are_dropped_within_the_send_wait_and_live_peers_still_get_theirs():
+    """A decode worker that died leaves its endpoint dead: frames for it must not queue for a reconnect
+    that never comes (holding the prefill engine's blocks), nor delay frames to a live receiver."""
+    source, destination = cache(), cache(fill=False)
+    assembler = assembler_for(destination)
+    receiver = ZmqReceiver(assembler, "127.0.0.1", 0)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"zmq://127.0.0.1:{probe.getsockname()[1]}"
+    sender = ZmqSender(send_wait_s=0.2, release_timeout_s=30.0)
+    released = threading.Semaphore(0)
+    try:
+        started = time.monotonic()
+        for frame in frames(source, "t-dead", [1], 4, dead, on_done=released.release):
+            sender.send(frame)
+        assert all(released.acquire(timeout=10) for _ in range(LAYERS))
+        assert time.monotonic() - started < 5 and sender.counters.frames_dropped == LAYERS
+        assembler.expect("t-live", "req-live", [20], 0, 4)
+        for frame in frames(source, "t-live", [3], 4, receiver.endpoint, on_done=released.release):
+            sender.send(frame)
+        finished, failed = wait_finished(assembler)
+        assert finished == {"req-live"} and not failed
+        assert all(released.acquire(timeout=10) for _ in range(LAYERS))
+    finally:
+        sender.close()
+        receiver.close()
 
 
 def test_loopback_twin_delivers_into_an_assembler():
