@@ -291,7 +291,7 @@ class ClusterController:
     def _health_problem(self, record: WorkerRecord, result: Any, now: float) -> str:
         """Why this check fails the worker ("" when it does not)."""
         if isinstance(result, ray.exceptions.RayActorError):
-            return f"the worker actor died: {_reason(result)}"
+            return f"the worker actor died: {_reason(result).split('. ')[0]}"
         if isinstance(result, BaseException):  # no answer in time (a busy or stuck actor), or a transient error
             silent_s = now - record.last_seen_s
             timeout_s = self.config.pools.health_timeout_s
@@ -303,6 +303,7 @@ class ClusterController:
     def _fail(self, record: WorkerRecord, reason: str) -> None:
         log.error("worker %s failed: %s; replacing it", record.worker_id, reason)
         record.state, record.error = "failed", reason
+        record.stats = None  # its last load figures are not its state any more
         self._forget(record)
         self._spawn(self._kill(record))
 

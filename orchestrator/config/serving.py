@@ -35,7 +35,7 @@ class EngineConfig(ConfigModel):
     )
     profile: Path | None = Field(None, description="Profile file (from `pdserve profile`) for the timing engine.")
     block_size: int = Field(32, ge=1, le=1024, description="KV cache block size in tokens (the CPU backend needs a multiple of 32).")
-    kv_cache_gib: float = Field(1.0, gt=0, le=4096, description="KV cache space per worker in GiB, on the CPU (a set VLLM_CPU_KVCACHE_SPACE overrides it); GPUs use gpu_memory_utilization.")
+    kv_cache_gib: float = Field(1.0, gt=0, le=4096, description="KV cache space per worker in GiB, on the CPU (vLLM's VLLM_CPU_KVCACHE_SPACE is ignored); GPUs use gpu_memory_utilization.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use (GPU only).")
     tensor_parallel_size: int = Field(1, ge=1, le=64, description="Tensor-parallel degree of each worker's engine.")
     max_num_seqs: int = Field(64, ge=1, le=4096, description="Most sequences one engine step batches.")

@@ -77,7 +77,7 @@ class VllmEngine(BaseEngine):
         self._block_stats: Any = None  # ... of the scheduler side: the block pool's counts
         self._channels: list[grpc.aio.Channel] = []
         self._refresh_task: asyncio.Task | None = None
-        self._processes: list[Any] = []  # psutil.Process of the engine's own processes (VLLM::EngineCore, VLLM::Worker)
+        self._processes: list[tuple[Any, str]] = []  # (psutil.Process, name) of the engine's own processes
         self._num_unfinished = 0  # requests whose generate() has not ended
         self._last_progress_s = time.monotonic()  # the last engine step, or the last request's arrival
 
@@ -135,8 +135,12 @@ class VllmEngine(BaseEngine):
         )
         if _on_gpu():
             args["gpu_memory_utilization"] = config.gpu_memory_utilization
-        elif not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):  # vLLM's own variable, when set, wins (whole GiB)
+        else:
             args["kv_cache_memory_bytes"] = int(config.kv_cache_gib * (1 << 30))
+            legacy = os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)  # vLLM would let it override the line above
+            if legacy:
+                log.warning("ignoring VLLM_CPU_KVCACHE_SPACE=%s: engine.kv_cache_gib (%g) sizes the KV cache",
+                            legacy, config.kv_cache_gib)
         if self._kv is not None:
             args["kv_transfer_config"] = KVTransferConfig(
                 kv_connector=CONNECTOR, kv_connector_module_path=CONNECTOR_MODULE, kv_role="kv_both",
@@ -263,9 +267,9 @@ class VllmEngine(BaseEngine):
     def health(self, stall_timeout_s: float) -> EngineHealth:
         if self._llm is None:
             return EngineHealth(False, "the vLLM engine is not running")
-        for process in self._processes:
+        for process, name in self._processes:
             if not _alive(process):
-                return EngineHealth(False, f"the engine process {_name(process)} (pid {process.pid}) exited")
+                return EngineHealth(False, f"the engine process {name} (pid {process.pid}) exited")
         if self._llm.errored:
             return EngineHealth(False, "the vLLM engine failed (its EngineCore stopped)")
         quiet_s = time.monotonic() - self._last_progress_s
@@ -356,17 +360,18 @@ def _engine_dead(exc: Exception) -> bool:
     return isinstance(exc, EngineDeadError)
 
 
-def _engine_processes() -> list[Any]:
+def _engine_processes() -> list[tuple[Any, str]]:
     """The processes vLLM started for this engine (it names them VLLM::EngineCore, VLLM::Worker, ...)."""
     import psutil
 
     found = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if child.name().startswith("VLLM::"):
-                found.append(child)
+            name = child.name()
         except psutil.Error:
             continue
+        if name.startswith("VLLM::"):
+            found.append((child, name))
     return found
 
 
@@ -377,15 +382,6 @@ def _alive(process: Any) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def _name(process: Any) -> str:
-    import psutil
-
-    try:
-        return process.name()
-    except psutil.Error:
-        return "VLLM process"
 
 
 def _on_gpu() -> bool:
