@@ -142,7 +142,7 @@ def test_blocks_are_free_on_both_tiers_once_requests_end(serving):
 
     deadline = time.monotonic() + 30
     while True:
-        engines = {w["tier"]: w["stats"].engine for w in serving.workers()}
+        engines = {w["tier"]: w["stats"].engine for w in serving.workers() if w["state"] == "ready"}
         if all(e.num_free_blocks == e.num_total_blocks > 0 for e in engines.values()) or time.monotonic() > deadline:
             break
         time.sleep(0.5)

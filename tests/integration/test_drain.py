@@ -19,7 +19,8 @@ def _wait_replicas(serving, want: dict[str, int], timeout_s: float = 600) -> dic
     deadline = time.monotonic() + timeout_s
     while True:
         replicas = ray.get(serving.cluster.controller.replicas.remote())
-        alive = {tier: sum(1 for w in serving.workers() if (w["tier"] == tier or (tier == "decode" and w["tier"] == "colocated")))
+        alive = {tier: sum(1 for w in serving.workers() if w["state"] != "failed"
+                           and (w["tier"] == tier or (tier == "decode" and w["tier"] == "colocated")))
                  for tier in want}
         if replicas == want and alive == want or time.monotonic() > deadline:
             return replicas
