@@ -80,6 +80,7 @@ class VllmEngine(BaseEngine):
         self._processes: list[tuple[Any, str]] = []  # (psutil.Process, name) of the engine's own processes
         self._num_unfinished = 0  # requests whose generate() has not ended
         self._last_progress_s = time.monotonic()  # the last engine step, or the last request's arrival
+        self._unhealthy = False  # health() found it dead or wedged once: shut down by force
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -175,12 +176,15 @@ class VllmEngine(BaseEngine):
             self._refresh_task.cancel()
         for channel in self._channels:
             await channel.close()
+        if self._unhealthy:  # a wedged process would not stop when asked (and a dead one cannot be asked)
+            _kill_all(self._processes)
         if self._llm is not None:
             # Stop reading outputs first: the output handler would log the engine's exit as a crash.
             if self._llm.output_handler is not None:
                 self._llm.output_handler.cancel()
             await asyncio.to_thread(self._llm.shutdown, SHUTDOWN_TIMEOUT_S)
             self._llm = None
+        _kill_all(self._processes)  # whatever did not stop within vLLM's shutdown timeout
 
     # ---- requests --------------------------------------------------------------------------------
 
@@ -265,6 +269,11 @@ class VllmEngine(BaseEngine):
     # ---- health and stats --------------------------------------------------------------------------
 
     def health(self, stall_timeout_s: float) -> EngineHealth:
+        health = self._health(stall_timeout_s)
+        self._unhealthy = self._unhealthy or (not health.alive and self._llm is not None)
+        return health
+
+    def _health(self, stall_timeout_s: float) -> EngineHealth:
         if self._llm is None:
             return EngineHealth(False, "the vLLM engine is not running")
         for process, name in self._processes:
@@ -373,6 +382,17 @@ def _engine_processes() -> list[tuple[Any, str]]:
         if name.startswith("VLLM::"):
             found.append((child, name))
     return found
+
+
+def _kill_all(processes: list[tuple[Any, str]]) -> None:
+    """SIGKILL those of the engine's processes that still run (SIGKILL also ends a stopped process)."""
+    import psutil
+
+    for process, name in processes:
+        if _alive(process):
+            log.warning("killing the engine process %s (pid %d)", name, process.pid)
+            with contextlib.suppress(psutil.Error):
+                process.kill()
 
 
 def _alive(process: Any) -> bool:
