@@ -114,11 +114,21 @@ class _DecodeSpans:
             self._decode.end()
 
 
+def kv_host(configured: str) -> str:
+    """Where this worker's KV receivers listen and what they advertise: `kv.host`, or for `auto` the
+    address Ray knows this worker's node by (every host advertises its own; loopback when embedded)."""
+    if configured != "auto":
+        return configured
+    import ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+
+
 def build_engine(config: PdserveConfig, model_dir: str, tier: str, worker_id: str) -> BaseEngine:
     """The engine `config.engine.kind` names, set up for `tier`."""
     kv = None
     if tier != "colocated":
-        kv = {"transport": config.kv.transport, "host": config.kv.host, "timeout_s": config.kv.timeout_s,
+        kv = {"transport": config.kv.transport, "host": kv_host(config.kv.host), "timeout_s": config.kv.timeout_s,
               "max_stash_bytes": config.kv.max_stash_mib << 20, "zmq_receiver": config.kv.zmq_receiver}
     if config.engine.kind == "timing":
         from workers.engine.timing import TimingEngine

@@ -86,7 +86,11 @@ class KVTransferConfig(ConfigModel):
     timeout_s: float = Field(
         10.0, gt=0, le=3600, description="A transfer not complete this long after the decode side expects it is abandoned and the prompt recomputed."
     )
-    host: str = Field("127.0.0.1", description="Address the decode workers' KV receivers listen on and advertise.")
+    host: str = Field(
+        "auto", min_length=1, description="Address the workers' KV receivers listen on and advertise. `auto`: the "
+        "address Ray knows the worker's node by (127.0.0.1 in the embedded cluster; each host's own address in a "
+        "multi-host one)."
+    )
     zmq_receiver: Literal["direct", "libzmq"] = Field(
         "direct", description="How a decode worker receives `zmq` frames. `direct`: its own ZeroMQ (ZMTP 3.1) endpoint "
         "reads each payload straight into the KV blocks allocated for it (one copy fewer). `libzmq`: libzmq's PULL socket, "
