@@ -7,7 +7,7 @@ For each workload, one after the other on this machine (nothing else should run 
 2. `pdserve up --colocated --decode 2` (two ordinary vLLM workers, one core each: the same two workers);
    and `pdserve up` with `kv.zmq_receiver: libzmq` (the decode worker receives KV with libzmq's PULL
    socket and copies it into the cache, instead of pdserve's direct receiver);
-3. vLLM's own OpenAI server, one engine on both cores (`python -m vllm.entrypoints.openai.api_server`):
+3. vLLM's own OpenAI server, one engine on both cores (`python -m vllm.entrypoints.openai.api_server`, float32 like pdserve's CPU default):
    what a user would run instead of pdserve on this machine.
 each driven by `pdserve bench` (open-loop Poisson arrivals, exact token-id prompts, `ignore_eos` outputs)
 with the same seed, so every system gets the same requests at the same times. Writes each bench report,
@@ -71,7 +71,7 @@ def _start_vllm(model_dir: str, workdir: Path) -> tuple[subprocess.Popen, str, l
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     process = subprocess.Popen(
         [PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name",
-         "smollm2-135m-instruct", "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--max-model-len",
+         "smollm2-135m-instruct", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len",
          "2048", "--block-size", "32", "--enforce-eager"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S
