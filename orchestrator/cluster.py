@@ -8,7 +8,8 @@
 Life of a cluster (what `pdserve up` runs, and what the integration tests share per session):
 1. The API ports are checked first, so a busy port fails in a second, before any engine starts.
 2. Ray: joined at `config.ray_address`, or started embedded on this machine with the `prefill` and
-   `decode` custom resources the workers are pinned by (`ray.init`, stopped again by `stop()`).
+   `decode` custom resources the workers are pinned by (`ray.init`, stopped again by `stop()`); the
+   embedded one listens on 127.0.0.1 only (`start_embedded_ray`).
 3. The controller actor starts the pools (`ClusterController.start`).
 4. The gateway (tokenizer, router, budgets) and both API servers start on the caller's event loop.
 `stop()` undoes it in reverse: servers (in-flight requests get `server.shutdown_grace_s`), gateway,
@@ -23,6 +24,8 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ from orchestrator.errors import StartupError
 log = logging.getLogger(__name__)
 
 EMBEDDED_RESOURCES = 1024  # of each tier resource on the embedded node: room for any pool size
+LOOPBACK = "127.0.0.1"  # the embedded Ray's node IP: every Ray process then listens on loopback only
 OBJECT_STORE_BYTES = 256 << 20
 
 
@@ -72,10 +76,56 @@ def start_ray(config: PdserveConfig, *, log_to_driver: bool = False) -> bool:
         except ConnectionError as exc:
             raise StartupError(f"cannot join the Ray cluster at {config.ray_address}: {exc}") from None
         return False
-    ray.init(num_cpus=_embedded_cpus(config), resources={"prefill": EMBEDDED_RESOURCES, "decode": EMBEDDED_RESOURCES},
-             namespace=NAMESPACE, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
-             log_to_driver=log_to_driver, configure_logging=False)
+    start_embedded_ray(_embedded_cpus(config), log_to_driver=log_to_driver)
     return True
+
+
+def start_embedded_ray(num_cpus: int, *, log_to_driver: bool = False) -> None:
+    """Start a one-machine Ray whose every process listens on 127.0.0.1 only, with the tier resources.
+
+    Ray's processes bind loopback only when the node's IP is exactly 127.0.0.1, and every interface for any
+    other node IP: the GCS, the raylet's node and object managers and every core worker (drivers and actors)
+    through `GrpcServer(..., listen_to_localhost_only=node_ip == "127.0.0.1")` (`src/ray/rpc/grpc_server.cc`);
+    the dashboard agent's gRPC, HTTP and metrics ports, the runtime-env agent, and the metrics servers of the
+    autoscaler monitor and of the dashboard head (started even with the dashboard off, for usage stats)
+    through `is_localhost(node_ip)` in their Python modules. The dashboard stays off. The integration tests'
+    Ray is started here too; a cluster reachable from other machines is joined with `ray_address` instead.
+    """
+    import ray
+
+    from orchestrator.controller import NAMESPACE
+
+    with _ray_single_node():
+        ray.init(_node_ip_address=LOOPBACK, num_cpus=num_cpus, namespace=NAMESPACE,
+                 resources={"prefill": EMBEDDED_RESOURCES, "decode": EMBEDDED_RESOURCES}, include_dashboard=False,
+                 object_store_memory=OBJECT_STORE_BYTES, log_to_driver=log_to_driver, configure_logging=False)
+
+
+@contextmanager
+def _ray_single_node() -> Iterator[None]:
+    """Keep Ray from replacing a 127.0.0.1 node IP by the machine's interface address while it starts.
+
+    `ray.init` passes `_node_ip_address` through `services.resolve_ip_for_localhost`, which on Linux turns
+    127.0.0.1 into the address other machines would reach (Ray 2.60, `ray/_private/services.py`), unless
+    `ray_constants.ENABLE_RAY_CLUSTER` is false: Ray's own single-machine mode (the default on Windows and
+    macOS), switched by `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`. The variable is read when Ray is imported, so
+    this process's constant is set as well; the processes Ray starts now (raylet, agents, and the workers the
+    raylet starts later) inherit the variable. Both are restored afterwards.
+    """
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
 
 
 def _embedded_cpus(config: PdserveConfig) -> int:

@@ -1,4 +1,5 @@
-"""`pdserve up` as a user runs it: it serves, answers `pdserve generate`, and Ctrl-C leaves nothing behind.
+"""`pdserve up` as a user runs it: it serves, answers `pdserve generate`, listens on 127.0.0.1 only, and
+Ctrl-C leaves nothing behind.
 
 One real start (embedded Ray, 1 prefill + 1 decode vLLM-CPU worker, the default model); a second
 `up` on the busy ports must fail at once with a message naming the flag to change.
@@ -6,6 +7,8 @@ One real start (embedded Ray, 1 prefill + 1 decode vLLM-CPU worker, the default 
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -63,16 +66,28 @@ def test_up_serves_and_ctrl_c_leaves_no_process_behind(tmp_path):
         assert answer.returncode == 0, answer.stderr
         result = json.loads(answer.stdout)
         assert "Paris" in result["text"] and result["usage"]["prefill_worker"] and result["usage"]["decode_worker"]
+        listening = _listeners([process.pid] + [pid for pid, _ in _descendants(process.pid)])
+        assert any(port == int(endpoints["grpc"].rsplit(":", 1)[1]) for _, _, _, port in listening)  # sees the API
+        exposed = [f"{name} (pid {pid}) on {address} port {port}" for pid, name, address, port in listening
+                   if not _is_loopback(address)]
+        assert not exposed, "listening beyond 127.0.0.1:\n" + "\n".join(exposed)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=STOP_TIMEOUT_S)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:  # failed while serving: Ray's workers have process groups of their own
+            for pid in [process.pid] + [pid for pid, _ in _descendants(process.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             process.wait()
     assert process.returncode == 0, stderr[-3000:]
     assert "stopped" in stderr
     left = _alive(started)
     assert not left, f"processes left behind: {left}"
+
+
+def test_loopback_addresses_are_told_apart_from_every_interface():
+    assert all(map(_is_loopback, ["127.0.0.1", "::1", "::ffff:127.0.0.1"]))
+    assert not any(map(_is_loopback, ["0.0.0.0", "::", "192.0.2.2", "::ffff:192.0.2.2"]))
 
 
 def _wait_ready(process: subprocess.Popen, ready: Path) -> dict:
@@ -117,3 +132,33 @@ def _alive(processes: list[tuple[int, str]]) -> list[tuple[int, str]]:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.5)
+
+
+def _listeners(pids: list[int]) -> list[tuple[int, str, str, int]]:
+    """(pid, program, address, port) of each TCP socket listening and each unconnected UDP socket of these
+    processes (one that exited meanwhile has none)."""
+    found = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            program, sockets = _program(proc.cmdline()), proc.net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            continue
+        for sock in sockets:
+            if (sock.status == psutil.CONN_LISTEN) if sock.type == socket.SOCK_STREAM else not sock.raddr:
+                found.append((pid, program, sock.laddr.ip, sock.laddr.port))
+    return found
+
+
+def _program(cmdline: list[str]) -> str:
+    """What a reader recognises: `gcs_server`, `raylet`, `monitor.py`, `pdserve`, `ray::Worker`, `VLLM::Worker`."""
+    words = [Path(word).name for word in cmdline if word and not word.startswith("-")]
+    if len(words) > 1 and words[0].startswith("python"):
+        return words[1][:60]
+    return words[0][:60] if words else "?"
+
+
+def _is_loopback(address: str) -> bool:
+    """127.0.0.0/8 and ::1, also as an IPv4-mapped IPv6 address (how gRPC binds 127.0.0.1 on a dual-stack socket)."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback

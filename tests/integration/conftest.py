@@ -25,16 +25,14 @@ def model_dir() -> str:
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    """One embedded Ray for the session, with room (logical CPUs, tier resources) for several clusters."""
+    """One embedded Ray for the session, with room (logical CPUs, tier resources) for several clusters,
+    listening on 127.0.0.1 only, as `pdserve up`'s."""
     import ray
 
-    from orchestrator.cluster import EMBEDDED_RESOURCES, OBJECT_STORE_BYTES
-    from orchestrator.controller import NAMESPACE
+    from orchestrator.cluster import start_embedded_ray
 
     os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")  # every process exports its spans within 0.5 s
-    ray.init(num_cpus=16, resources={"prefill": EMBEDDED_RESOURCES, "decode": EMBEDDED_RESOURCES}, namespace=NAMESPACE,
-             include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False,
-             configure_logging=False)
+    start_embedded_ray(16)
     try:
         yield
     finally:
