@@ -29,7 +29,9 @@ def evaluate_on_ray(configs: Sequence[SimConfig], workload: Sequence[SimRequest]
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            from orchestrator.cluster import start_embedded_ray
+
+            start_embedded_ray(workers)  # listens on 127.0.0.1 only
     try:
         task = ray.remote(num_cpus=1)(_summary_task)
         workload_ref = ray.put(list(workload))
