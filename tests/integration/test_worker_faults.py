@@ -234,6 +234,34 @@ def test_decode_engine_killed_with_two_decode_workers_streams_migrate(serving, n
         _wait_recovered(serving, time.monotonic(), num_decode=1)
 
 
+def test_a_wedged_decode_engine_is_failed_after_the_stall_timeout(serving, no_fault_answers):
+    """SIGSTOP, not a kill: the engine process lives but makes no step. After `pools.engine_stall_timeout_s`
+    (the default, 60 s) with requests unfinished the controller declares the worker wedged, stops it by
+    force and replaces it; the streams continue on the prefill worker, token-identical."""
+    decode = _ready(serving, "decode")[0]
+    victim = _engine_process(decode)
+    stopped: list[float] = []
+
+    def stop() -> None:
+        os.kill(victim.pid, signal.SIGSTOP)
+        stopped.append(time.monotonic())
+
+    try:
+        outcomes = _run_streams(serving, PROMPTS, kill=stop)
+        failed = {w["worker_id"]: w["error"] for w in serving.workers() if w["state"] == "failed"}
+        recovered_s = _wait_recovered(serving, stopped[0])
+        survived = victim.is_running() and victim.status() != psutil.STATUS_ZOMBIE
+    finally:
+        if victim.is_running():  # never leave a stopped process behind, whatever happened
+            victim.kill()
+    assert "wedged" in failed.get(decode["worker_id"], ""), failed
+    assert not survived  # the failed worker's shutdown SIGKILLed its stopped engine process
+    counts = _counts("decode engine wedged (SIGSTOP)", outcomes, no_fault_answers["short"], recovered_s)
+    assert counts.lost == 0 and counts.errors == 0 and counts.identical == NUM_STREAMS
+    stall_s = ray.get(serving.cluster.controller.config_dict.remote())["pools"]["engine_stall_timeout_s"]
+    assert stall_s <= counts.longest_gap_s < stall_s + 30  # detected at the bound, not much later
+
+
 def test_prefill_engine_killed_during_prefill(serving, no_fault_answers):
     """Long prompts in prefill when the prefill engine dies: the decode worker computes them instead."""
     prefill = _ready(serving, "prefill")[0]
