@@ -205,9 +205,13 @@ class ClusterController:
     async def _retire(self, record: WorkerRecord) -> None:
         record.state = "draining"
         if record.info is not None:
-            drained = await _call(record.handle.drain.remote(DRAIN_TIMEOUT_S), DRAIN_TIMEOUT_S + 5)
+            try:
+                drained = await _call(record.handle.drain.remote(DRAIN_TIMEOUT_S), DRAIN_TIMEOUT_S + 5)
+            except Exception as exc:  # it died while draining: the health loop reports it; stop what is left
+                drained = f"failed ({_reason(exc)})"
             if drained is not True:
-                log.warning("worker %s did not drain within %.0f s; stopping it anyway", record.worker_id, DRAIN_TIMEOUT_S)
+                log.warning("worker %s did not drain (%s); stopping it anyway", record.worker_id,
+                            drained or f"not within {DRAIN_TIMEOUT_S:.0f} s")
         await self._stop_worker(record)
 
     # ---- workers ---------------------------------------------------------------------------------

@@ -1,0 +1,45 @@
+"""The controller's verdict on one health check: the engine's health, silence, or a dead actor."""
+
+import time
+from types import SimpleNamespace
+
+from orchestrator.config import PdserveConfig
+from orchestrator.controller import ClusterController, WorkerRecord
+
+
+def _controller() -> ClusterController:
+    return ClusterController(PdserveConfig().model_dump(mode="json"), "/models/none")
+
+
+def _record() -> WorkerRecord:
+    return WorkerRecord("decode-1", "decode", handle=None, state="ready")
+
+
+def test_a_healthy_answer_refreshes_the_worker():
+    record, now = _record(), time.monotonic() + 100
+    stats = SimpleNamespace(healthy=True, health_error="")
+    assert _controller()._health_problem(record, stats, now) == ""
+    assert record.stats is stats and record.last_seen_s == now
+
+
+def test_an_unhealthy_engine_fails_the_worker_with_its_reason():
+    stats = SimpleNamespace(healthy=False, health_error="the engine process VLLM::Worker (pid 7) exited")
+    assert _controller()._health_problem(_record(), stats, time.monotonic()) == stats.health_error
+
+
+def test_silence_fails_the_worker_only_after_the_health_timeout():
+    controller, record = _controller(), _record()
+    timeout_s = controller.config.pools.health_timeout_s
+    assert controller._health_problem(record, TimeoutError(), record.last_seen_s + timeout_s - 1) == ""
+    problem = controller._health_problem(record, TimeoutError(), record.last_seen_s + timeout_s + 1)
+    assert problem.startswith("no answer to health checks for") and "timed out" in problem
+
+
+def test_a_failed_worker_is_shown_with_its_reason_then_forgotten():
+    controller, record = _controller(), _record()
+    controller.workers[record.worker_id] = record
+    controller._forget(record)
+    record.state, record.error = "failed", "wedged"
+    assert [(w["worker_id"], w["state"], w["error"]) for w in controller.snapshot()] == [("decode-1", "failed", "wedged")]
+    record.failed_s -= 301
+    assert controller.snapshot() == []
