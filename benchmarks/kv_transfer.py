@@ -53,14 +53,17 @@ from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# SmolLM2-135M on the CPU backend: 30 layers, 3 KV heads, head dim 64, block 32, bf16, K and V side by side.
+# SmolLM2-135M on the CPU backend: 30 layers, 3 KV heads, head dim 64, block 32, K and V side by side, in
+# the served default's dtype (float32 on the CPU: 46 KB of KV per token).
 NUM_LAYERS, HEADS, BLOCK, WIDTH = 30, 3, 32, 128
+DTYPE = "float32"
+DTYPE_BYTES = 4
 
 
 def _kv_cache(num_blocks: int) -> list:
     import torch
 
-    return [torch.randn(num_blocks, HEADS, BLOCK, WIDTH).to(torch.bfloat16) for _ in range(NUM_LAYERS)]
+    return [torch.randn(num_blocks, HEADS, BLOCK, WIDTH).to(getattr(torch, DTYPE)) for _ in range(NUM_LAYERS)]
 
 
 def _plan(tokens: int, transfers: int, scattered: bool) -> tuple[int, list[list[int]], list[list[int]]]:
@@ -195,7 +198,7 @@ def connector_path(transport: str, tokens: int, transfers: int, scattered: bool 
                 parts = as_bytes(gather_blocks(source[layer], ids))
             sender.send(OutgoingFrame(endpoint, dict(
                 transfer_id=transfer_id, layer_index=layer, num_layers=NUM_LAYERS, token_start=0, token_end=tokens,
-                num_prompt_tokens=tokens, block_size=BLOCK, dtype="bfloat16", shape=(per_prompt, HEADS, BLOCK, WIDTH)),
+                num_prompt_tokens=tokens, block_size=BLOCK, dtype=DTYPE, shape=(per_prompt, HEADS, BLOCK, WIDTH)),
                 parts, on_done=lambda: None))
         if frames_first:
             parent.send(transfer_id)
@@ -221,7 +224,7 @@ def raw_pyzmq(tokens: int, transfers: int, into_cache: bool = False, track: bool
     import xxhash
     import zmq
 
-    frame_bytes = -(-tokens // BLOCK) * HEADS * BLOCK * WIDTH * 2
+    frame_bytes = -(-tokens // BLOCK) * HEADS * BLOCK * WIDTH * DTYPE_BYTES
     payloads = [np.random.randint(0, 255, frame_bytes, dtype=np.uint8) for _ in range(NUM_LAYERS)]
     receiver_ids = _plan(tokens, transfers, False)[2] if into_cache else None
     parent, child = mp.Pipe()
