@@ -62,7 +62,7 @@ class PoolsConfig(ConfigModel):
     bind_cores: bool = Field(True, description="On the CPU, pin each worker's engine threads to its own core(s).")
     start_timeout_s: float = Field(600.0, gt=0, description="How long a worker may take to load its engine before it is declared failed.")
     engine_stall_timeout_s: float = Field(
-        60.0, gt=0, le=86_400, description="A worker whose engine holds unfinished requests and has not stepped for this "
+        30.0, gt=0, le=86_400, description="A worker whose engine holds unfinished requests and has not stepped for this "
         "long is wedged: it is declared failed, replaced, and its requests move elsewhere. Must exceed `kv.timeout_s` and "
         "the longest single prefill step."
     )

@@ -236,7 +236,7 @@ def test_decode_engine_killed_with_two_decode_workers_streams_migrate(serving, n
 
 def test_a_wedged_decode_engine_is_failed_after_the_stall_timeout(serving, no_fault_answers):
     """SIGSTOP, not a kill: the engine process lives but makes no step. After `pools.engine_stall_timeout_s`
-    (the default, 60 s) with requests unfinished the controller declares the worker wedged, stops it by
+    (the default, 30 s) with requests unfinished the controller declares the worker wedged, stops it by
     force and replaces it; the streams continue on the prefill worker, token-identical."""
     decode = _ready(serving, "decode")[0]
     victim = _engine_process(decode)
