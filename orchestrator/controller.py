@@ -54,7 +54,7 @@ class WorkerRecord:
     worker_id: str
     tier: str  # "prefill" | "decode" | "colocated"
     handle: Any
-    state: str = "starting"  # starting | ready | draining | failed
+    state: str = "starting"  # starting | ready | draining | stopping (drained, or shut down) | failed
     info: Any = None  # EngineInfo once started
     stats: Any = None  # latest WorkerStats
     error: str = ""
@@ -264,6 +264,8 @@ class ClusterController:
             log.info("worker %s ready (%s)", record.worker_id, record.info)
 
     async def _stop_worker(self, record: WorkerRecord, keep_record: bool = False) -> None:
+        if record.state != "failed":
+            record.state = "stopping"  # no longer health-checked: a stopped engine is not a failure
         try:
             await _call(record.handle.shutdown.remote(), 30.0)
         except Exception as exc:  # already dead: nothing to stop
@@ -288,6 +290,8 @@ class ClusterController:
                                        return_exceptions=True)
         now = time.monotonic()
         for record, result in zip(watched, results):
+            if record.state not in ("ready", "draining"):
+                continue  # it began to stop (or failed) while the checks were out
             problem = self._health_problem(record, result, now)
             if problem:
                 self._fail(record, problem)

@@ -13,7 +13,7 @@ KV transfer (observed at the receiver, reported with each request's first decode
 - `pdserve_kv_recompute_total{cause}`: transfers that failed (checksum, timeout, aborted, prefill
   worker lost) and were recomputed by the decode worker.
 Resilience: `pdserve_migrations_total`: requests moved to another decode worker mid-stream;
-`pdserve_workers{tier,state}`: workers per pool and state (`starting`, `ready`, `draining`, `failed`:
+`pdserve_workers{tier,state}`: workers per pool and state (`starting`, `ready`, `draining`, `stopping`, `failed`:
 failed in the last 5 minutes) as of the gateway's last snapshot (at most 0.2 s old);
 `pdserve_worker_failures_total{tier}`: workers declared failed (actor or engine dead, engine wedged,
 health checks unanswered); `pdserve_degraded_requests_total`: requests a prefill worker served alone
@@ -48,7 +48,7 @@ workers = Gauge("pdserve_workers", "Workers per pool and state (failed: in the l
 worker_failures_total = Counter("pdserve_worker_failures_total", "Workers declared failed, per pool.", ["tier"])
 degraded_requests_total = Counter("pdserve_degraded_requests_total",
                                   "Requests a prefill worker served alone because no decode worker was ready.")
-WORKER_STATES = ("starting", "ready", "draining", "failed")
+WORKER_STATES = ("starting", "ready", "draining", "stopping", "failed")
 
 
 def recompute_cause(failure: str) -> str:

@@ -2,7 +2,7 @@
 
     {"model", "ready", "mode": "disaggregated" | "colocated", "dtype", "health": {/health's detail},
      "pools": {"prefill" | "decode": {"desired_replicas", "actual_replicas", "workers": [
-         {"id", "tier", "state" (starting | ready | draining | failed), "healthy", "error", "num_running", "num_waiting", "kv_usage", "num_free_blocks",
+         {"id", "tier", "state" (starting | ready | draining | stopping | failed), "healthy", "error", "num_running", "num_waiting", "kv_usage", "num_free_blocks",
           "num_total_blocks", "kv_endpoint", "kv_endpoints", "num_handoffs", "block_size",
           "kv_bytes_per_token", "max_model_len", "dtype"}]}},
      "transfers": {"recent_gb_per_s", "transfer_gb_per_s", "bytes_total", "num_completed", "num_recomputed"},

@@ -43,3 +43,19 @@ def test_a_failed_worker_is_shown_with_its_reason_then_forgotten():
     assert [(w["worker_id"], w["state"], w["error"]) for w in controller.snapshot()] == [("decode-1", "failed", "wedged")]
     record.failed_s -= 301
     assert controller.snapshot() == []
+
+
+def test_a_worker_that_began_to_stop_during_its_check_is_not_failed():
+    """A drained worker's engine is shut down while a health check is out: "not running" is no failure."""
+    import asyncio
+
+    controller, record = _controller(), _record()
+    controller.workers[record.worker_id] = record
+
+    async def stats_while_stopping():
+        record.state = "stopping"
+        return SimpleNamespace(healthy=False, health_error="the vLLM engine is not running")
+
+    record.handle = SimpleNamespace(stats=SimpleNamespace(remote=stats_while_stopping))
+    asyncio.run(controller.check_health())
+    assert record.state == "stopping" and controller.workers == {record.worker_id: record}
