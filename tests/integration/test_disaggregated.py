@@ -187,6 +187,11 @@ def _metric(serving, name: str) -> float:
 def test_one_trace_per_request_spans_the_gateway_and_both_workers(serving, trace_collector, tokenizer):
     import time
 
+    from orchestrator import tracing
+
+    # The tracer provider is process-wide: a cluster that other tests started in this process since the
+    # session's (test_autoscale's, exporting nothing) replaced it. Put the session gateway's back.
+    tracing.setup_from_config("pdserve-gateway", serving.cluster.config.tracing)
     prompt = tokenizer.encode("Tracing check: " + PASSAGES[1])
     with Client(serving.grpc_target) as client:
         answer = _greedy(client, prompt, max_tokens=4)

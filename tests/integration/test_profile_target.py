@@ -32,7 +32,7 @@ def test_profile_through_a_running_cluster(serving, tmp_path, capsys):
     assert profile.hardware.kind == "cluster" and profile.hardware.count == 2
     assert serving.grpc_target in profile.hardware.description and "1 prefill, 1 decode" in profile.hardware.description
     with Client(serving.grpc_target) as client:
-        status_worker = client.status()["pools"]["decode"]["workers"][0]
+        status_worker = next(w for w in client.status()["pools"]["decode"]["workers"] if w["state"] == "ready")
     assert profile.kv_bytes_per_token == SMOLLM2_KV_BYTES_PER_TOKEN == status_worker["kv_bytes_per_token"]
     assert profile.block_size == status_worker["block_size"]
     assert profile.kv_capacity_tokens == status_worker["num_total_blocks"] * status_worker["block_size"]
