@@ -3,7 +3,9 @@
 1. The caller's variables that change how engines, Ray or pdserve behave are removed before any test
    module is imported (a `VLLM_CPU_KVCACHE_SPACE=2` in a developer's shell once made the suite's engines
    take twice the memory and CI's machine run out of it). Tests set what they need themselves.
-2. A sampler thread reads the machine's used memory (MemTotal - MemAvailable: every process, the
+2. Tests may leave lines for the summary (`summary_line` fixture): the fault tests' counts, which the
+   README quotes, are printed by every run, CI's included.
+3. A sampler thread reads the machine's used memory (MemTotal - MemAvailable: every process, the
    suite's Ray workers and vLLM engines included) and counts live vLLM engine processes twice a second;
    the summary prints the peak, the test running then, and the most engines alive at once.
 """
@@ -91,6 +93,13 @@ class MemorySampler:
 
 
 _sampler: MemorySampler | None = None
+_summary_lines: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def summary_line():
+    """`summary_line(text)`: print `text` in the run's closing summary."""
+    return _summary_lines.append
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -113,3 +122,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(line)
     if REMOVED:
         terminalreporter.write_line(f"caller's variables ignored: {', '.join(sorted(REMOVED))}")
+    if _summary_lines:
+        terminalreporter.section("measured")
+        for line in _summary_lines:
+            terminalreporter.write_line(line)

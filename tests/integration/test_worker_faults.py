@@ -6,7 +6,7 @@ streams greedy requests, SIGKILLs one process of one worker while they run, and 
 cluster is whole again (so the tests after it find it as it was). For every fault it counts: requests
 in flight, completed, token-identical to the same request's answer without the fault, ended with an
 explicit error, lost (neither: must be 0), the longest gap a client saw, and the time until the pools
-are full again. The counts are printed (run with `-s`) and the README quotes them.
+are full again. The counts are printed in the run's closing summary (section "measured") and the README quotes them.
 
 The processes of a worker: its Ray actor (`ray::Worker`), the vLLM EngineCore it started, and that
 core's `VLLM::Worker`, which holds the KV receiver's port (how the test finds them).
@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 import pytest
@@ -150,13 +151,14 @@ def _run_streams(serving, prompts: list[str], kill=None) -> list[Outcome]:
     return outcomes
 
 
-def _counts(fault: str, outcomes: list[Outcome], expected: list[list[int]], recovered_s: float) -> FaultCounts:
+def _counts(fault: str, outcomes: list[Outcome], expected: list[list[int]], recovered_s: float,
+            summary_line: Any) -> FaultCounts:
     completed = [o for o in outcomes if not o.error and o.finish_reason and o.finish_reason != "error"]
     errors = [o for o in outcomes if o.error]
     counts = FaultCounts(fault, len(outcomes), len(completed),
                          sum(o.token_ids == e for o, e in zip(outcomes, expected) if o in completed), len(errors),
                          len(outcomes) - len(completed) - len(errors), max(o.longest_gap_s for o in outcomes), recovered_s)
-    print(f"\n{counts.line()}")
+    summary_line(counts.line())
     return counts
 
 
@@ -174,7 +176,7 @@ def _kill(process: psutil.Process) -> float:
 
 # ---- the faults ------------------------------------------------------------------------------------
 
-def test_decode_engine_killed_mid_stream_with_one_decode_worker(serving, no_fault_answers):
+def test_decode_engine_killed_mid_stream_with_one_decode_worker(serving, no_fault_answers, summary_line):
     """1P+1D: the decode engine dies under four streams. The prefill worker continues them (and serves
     new requests) until the controller's replacement is ready; /health says so meanwhile."""
     decode = _ready(serving, "decode")[0]
@@ -187,18 +189,18 @@ def test_decode_engine_killed_mid_stream_with_one_decode_worker(serving, no_faul
     if not _ready(serving, "decode"):  # still replacing: the truth, and requests still served
         assert status == 503 and health["detail"]["serving"] and "degraded" in health["detail"]
     counts = _counts("decode engine killed, 1 decode worker", outcomes, no_fault_answers["short"],
-                     _wait_recovered(serving, killed[0]))
+                     _wait_recovered(serving, killed[0]), summary_line)
     assert counts.lost == 0 and counts.errors == 0 and counts.identical == NUM_STREAMS
 
 
-def test_decode_actor_killed_mid_stream_with_one_decode_worker(serving, no_fault_answers):
+def test_decode_actor_killed_mid_stream_with_one_decode_worker(serving, no_fault_answers, summary_line):
     """The same with the whole worker process (the Ray actor) killed: Ray reports the actor dead."""
     decode = _ready(serving, "decode")[0]
     victim = _actor_process(decode)
     killed: list[float] = []
     outcomes = _run_streams(serving, PROMPTS, kill=lambda: killed.append(_kill(victim)))
     counts = _counts("decode actor killed, 1 decode worker", outcomes, no_fault_answers["short"],
-                     _wait_recovered(serving, killed[0]))
+                     _wait_recovered(serving, killed[0]), summary_line)
     assert counts.lost == 0 and counts.errors == 0 and counts.identical == NUM_STREAMS
     # After the replacement the P/D path works again: KV is transferred, not recomputed.
     answer = _run_streams(serving, PROMPTS[:1])[0]
@@ -210,7 +212,7 @@ def _recomputed_since(serving, dead_worker: str) -> int:
     return sum(w["stats"].kv_transfers_recomputed for w in _ready(serving, "decode") if w["worker_id"] != dead_worker)
 
 
-def test_decode_engine_killed_with_two_decode_workers_streams_migrate(serving, no_fault_answers):
+def test_decode_engine_killed_with_two_decode_workers_streams_migrate(serving, no_fault_answers, summary_line):
     """2 decode workers: streams on the killed one move to the other, token-identical."""
     ray.get(serving.cluster.controller.scale_to.remote("decode", 2))
     _wait_recovered(serving, time.monotonic(), num_decode=2)
@@ -226,7 +228,7 @@ def test_decode_engine_killed_with_two_decode_workers_streams_migrate(serving, n
         victims: list[str] = []
         outcomes = _run_streams(serving, PROMPTS, kill=kill_the_busier)
         counts = _counts("decode engine killed, 2 decode workers", outcomes, no_fault_answers["short"],
-                         _wait_recovered(serving, killed[0], num_decode=2))
+                         _wait_recovered(serving, killed[0], num_decode=2), summary_line)
         assert counts.lost == 0 and counts.errors == 0 and counts.identical == NUM_STREAMS
         assert all(o.decode_worker != victims[0] for o in outcomes)  # each ended on a live worker
     finally:
@@ -234,7 +236,7 @@ def test_decode_engine_killed_with_two_decode_workers_streams_migrate(serving, n
         _wait_recovered(serving, time.monotonic(), num_decode=1)
 
 
-def test_a_wedged_decode_engine_is_failed_after_the_stall_timeout(serving, no_fault_answers):
+def test_a_wedged_decode_engine_is_failed_after_the_stall_timeout(serving, no_fault_answers, summary_line):
     """SIGSTOP, not a kill: the engine process lives but makes no step. After `pools.engine_stall_timeout_s`
     (the default, 30 s) with requests unfinished the controller declares the worker wedged, stops it by
     force and replaces it; the streams continue on the prefill worker, token-identical."""
@@ -256,13 +258,13 @@ def test_a_wedged_decode_engine_is_failed_after_the_stall_timeout(serving, no_fa
             victim.kill()
     assert "wedged" in failed.get(decode["worker_id"], ""), failed
     assert not survived  # the failed worker's shutdown SIGKILLed its stopped engine process
-    counts = _counts("decode engine wedged (SIGSTOP)", outcomes, no_fault_answers["short"], recovered_s)
+    counts = _counts("decode engine wedged (SIGSTOP)", outcomes, no_fault_answers["short"], recovered_s, summary_line)
     assert counts.lost == 0 and counts.errors == 0 and counts.identical == NUM_STREAMS
     stall_s = ray.get(serving.cluster.controller.config_dict.remote())["pools"]["engine_stall_timeout_s"]
     assert stall_s <= counts.longest_gap_s < stall_s + 30  # detected at the bound, not much later
 
 
-def test_prefill_engine_killed_during_prefill(serving, no_fault_answers):
+def test_prefill_engine_killed_during_prefill(serving, no_fault_answers, summary_line):
     """Long prompts in prefill when the prefill engine dies: the decode worker computes them instead."""
     prefill = _ready(serving, "prefill")[0]
     victim = _engine_process(prefill)
@@ -274,7 +276,7 @@ def test_prefill_engine_killed_during_prefill(serving, no_fault_answers):
 
     outcomes = _run_streams_then(serving, LONG_PROMPTS, kill_during_prefill)
     counts = _counts("prefill engine killed during prefill", outcomes, no_fault_answers["long"],
-                     _wait_recovered(serving, killed[0]))
+                     _wait_recovered(serving, killed[0]), summary_line)
     assert counts.lost == 0 and counts.errors == 0 and counts.identical == NUM_STREAMS
 
 
