@@ -125,6 +125,8 @@ async def _serve(config: Any, model_dir: str, args: argparse.Namespace) -> int:
             await cluster.stop()
         return EXIT_OK
     cluster = start.result()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # ray.init replaced SIGTERM's handler with a sys.exit
+        loop.add_signal_handler(signum, stop.set)
     _announce(cluster, args.ready_file)
     await stopped
     print("stopping ...", file=sys.stderr, flush=True)

@@ -53,7 +53,10 @@ def test_bad_flags_are_refused_with_usage_exit_code():
 @pytest.mark.ray
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_up_serves_and_ctrl_c_leaves_no_process_behind(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_up_serves_and_ctrl_c_leaves_no_process_behind(tmp_path, stop_signal):
+    """Ctrl-C, and SIGTERM (how Kubernetes stops the head pod), stop it the same graceful way: ray.init
+    replaces SIGTERM's handler with its own exit, which `pdserve up` takes back once started."""
     ready = tmp_path / "ready.json"
     process = subprocess.Popen([*PDSERVE, "up", "--grpc-port", "0", "--http-port", "0", "--ready-file", str(ready)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -71,7 +74,7 @@ def test_up_serves_and_ctrl_c_leaves_no_process_behind(tmp_path):
         exposed = [f"{name} (pid {pid}) on {address} port {port}" for pid, name, address, port in listening
                    if not _is_loopback(address)]
         assert not exposed, "listening beyond 127.0.0.1:\n" + "\n".join(exposed)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop_signal)
         stdout, stderr = process.communicate(timeout=STOP_TIMEOUT_S)
     finally:
         if process.poll() is None:  # failed while serving: Ray's workers have process groups of their own
