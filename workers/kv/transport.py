@@ -198,11 +198,19 @@ class ZmqSender(BaseKVSender):
         header, parts = frame.wire()
         message = [header.SerializeToString(), *parts]
         sock = self._socket(address)
-        tracker = self._send(sock, message, address, track=frame.on_done is not None)
+        # Counted before the send: once it returns the receiver may hold every byte and report the transfer
+        # complete, and a reader of both counters must not see the sender behind.
+        num_bytes = sum(part.nbytes for part in parts)
+        self.counters.frames_sent += 1
+        self.counters.bytes_sent += num_bytes
+        try:
+            tracker = self._send(sock, message, address, track=frame.on_done is not None)
+        except BaseException:
+            self.counters.frames_sent -= 1
+            self.counters.bytes_sent -= num_bytes
+            raise
         if tracker is not None:  # frames nobody waits for (no on_done) are not tracked
             self._in_flight.put((tracker, frame, time.monotonic()))
-        self.counters.frames_sent += 1
-        self.counters.bytes_sent += sum(part.nbytes for part in parts)
 
     def _send(self, sock: zmq.Socket, message: list[Any], address: str, *, track: bool) -> Any:
         """Send without blocking; with no room (no live connection yet, or the peer's queue full) wait up
