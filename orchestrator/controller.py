@@ -263,11 +263,13 @@ class ClusterController:
             record.last_seen_s = time.monotonic()
             log.info("worker %s ready (%s)", record.worker_id, record.info)
 
-    async def _stop_worker(self, record: WorkerRecord, keep_record: bool = False) -> None:
+    async def _stop_worker(self, record: WorkerRecord, keep_record: bool = False, grace_s: float = 30.0) -> None:
+        """Ask the worker to stop its engine (a failed one: a short grace, then its engine processes are
+        killed by force), then kill its actor."""
         if record.state != "failed":
             record.state = "stopping"  # no longer health-checked: a stopped engine is not a failure
         try:
-            await _call(record.handle.shutdown.remote(), 30.0)
+            await _call(record.handle.shutdown.remote(), grace_s)
         except Exception as exc:  # already dead: nothing to stop
             log.debug("worker %s shutdown: %s", record.worker_id, _reason(exc))
         ray.kill(record.handle, no_restart=True)
@@ -313,21 +315,12 @@ class ClusterController:
         record.state, record.error = "failed", reason
         record.stats = None  # its last load figures are not its state any more
         self._forget(record)
-        self._spawn(self._kill(record))
+        self._spawn(self._stop_worker(record, keep_record=True, grace_s=KILL_GRACE_S))
 
     def _forget(self, record: WorkerRecord) -> None:
         record.failed_s = time.monotonic()
         self.workers.pop(record.worker_id, None)
         self._failed.append(record)
-
-    @staticmethod
-    async def _kill(record: WorkerRecord) -> None:
-        """Stop a failed worker's engine processes if its actor still answers, then kill the actor."""
-        try:
-            await _call(record.handle.shutdown.remote(), KILL_GRACE_S)
-        except Exception as exc:  # dead or stuck: the kill below takes it
-            log.debug("worker %s shutdown: %s", record.worker_id, _reason(exc))
-        ray.kill(record.handle, no_restart=True)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -133,16 +133,16 @@ async def _stream(client: AsyncClient, prompt: str, outcome: Outcome) -> None:
         outcome.error = f"{type(exc).__name__}: {exc}"
 
 
-def _run_streams(serving, prompts: list[str], kill=None) -> list[Outcome]:
-    """Stream every prompt at once; `kill()` runs once the first stream has KILL_AFTER_TOKENS tokens
-    (or, for prompts of one token's wait, right away) and returns when the kill is done."""
+def _run_streams(serving, prompts: list[str], kill=None, kill_after_tokens: int = KILL_AFTER_TOKENS) -> list[Outcome]:
+    """Stream every prompt at once; `kill()` runs once the first stream has `kill_after_tokens` tokens
+    (0: as soon as they were sent) and returns when the kill is done."""
     outcomes = [Outcome() for _ in prompts]
 
     async def run() -> None:
         async with AsyncClient(serving.grpc_target) as client:
             tasks = [asyncio.create_task(_stream(client, p, o)) for p, o in zip(prompts, outcomes)]
             if kill is not None:
-                while max(len(o.token_ids) for o in outcomes) < KILL_AFTER_TOKENS and not all(t.done() for t in tasks):
+                while max(len(o.token_ids) for o in outcomes) < kill_after_tokens and not all(t.done() for t in tasks):
                     await asyncio.sleep(0.01)
                 await asyncio.to_thread(kill)
             await asyncio.gather(*tasks)
@@ -217,15 +217,14 @@ def test_decode_engine_killed_with_two_decode_workers_streams_migrate(serving, n
     ray.get(serving.cluster.controller.scale_to.remote("decode", 2))
     _wait_recovered(serving, time.monotonic(), num_decode=2)
     try:
-        outcomes: list[Outcome] = []
         killed: list[float] = []
+        victims: list[str] = []
 
         def kill_the_busier() -> None:
             decode = max(_ready(serving, "decode"), key=lambda w: w["stats"].num_in_flight)
             killed.append(_kill(_engine_process(decode)))
             victims.append(decode["worker_id"])
 
-        victims: list[str] = []
         outcomes = _run_streams(serving, PROMPTS, kill=kill_the_busier)
         counts = _counts("decode engine killed, 2 decode workers", outcomes, no_fault_answers["short"],
                          _wait_recovered(serving, killed[0], num_decode=2), summary_line)
@@ -274,21 +273,8 @@ def test_prefill_engine_killed_during_prefill(serving, no_fault_answers, summary
         time.sleep(0.5)  # the four prompts queue on the one prefill engine: it is mid-prefill now
         killed.append(_kill(victim))
 
-    outcomes = _run_streams_then(serving, LONG_PROMPTS, kill_during_prefill)
+    outcomes = _run_streams(serving, LONG_PROMPTS, kill=kill_during_prefill, kill_after_tokens=0)
     counts = _counts("prefill engine killed during prefill", outcomes, no_fault_answers["long"],
                      _wait_recovered(serving, killed[0]), summary_line)
     assert counts.lost == 0 and counts.errors == 0 and counts.identical == NUM_STREAMS
 
-
-def _run_streams_then(serving, prompts: list[str], kill) -> list[Outcome]:
-    """Stream every prompt at once and run `kill()` right after they were sent."""
-    outcomes = [Outcome() for _ in prompts]
-
-    async def run() -> None:
-        async with AsyncClient(serving.grpc_target) as client:
-            tasks = [asyncio.create_task(_stream(client, p, o)) for p, o in zip(prompts, outcomes)]
-            await asyncio.to_thread(kill)
-            await asyncio.gather(*tasks)
-
-    asyncio.run(run())
-    return outcomes
