@@ -255,6 +255,13 @@ def chart_schema(pdserve: Schema) -> Schema:
                 "cpu": _quantity("CPU of the autoscaler sidecar."),
                 "memory": _quantity("Memory of the autoscaler sidecar."),
             }, "The Ray autoscaler (a sidecar of the head pod, run by KubeRay)."),
+            "auth": _obj({
+                "enabled": _bool("Ray token authentication (RAY_AUTH_MODE=token) on every Ray process of the release."),
+                "existingSecret": _str("A Secret of the namespace holding the token; empty: the chart creates "
+                                       "<fullname>-ray-auth (e.g. pdserve-ray-auth) with a random token, kept across upgrades.",
+                                       pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$", maxLength=253),
+                "secretKey": _str("Key of the token in the Secret.", pattern=r"^[-._a-zA-Z0-9]+$"),
+            }, "Ray's token authentication: the token comes from a Kubernetes Secret."),
         }, "Ray and KubeRay settings."),
         "head": _head(),
         "prefill": _worker_group("prefill"),

@@ -138,6 +138,34 @@ their minReplicas/maxReplicas, and the Kubernetes actuator's target (this namesp
   value: "1"
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
+{{ include "pdserve.rayAuthEnv" . }}
+{{- end }}
+
+{{/*
+Ray's token authentication, for every process that talks to Ray (head, workers, the autoscaler
+sidecar, `pdserve up`): RAY_AUTH_MODE and the token from the Secret (Ray reads RAY_AUTH_TOKEN). Set
+as environment rather than KubeRay's `authOptions`: the older KubeRay versions the chart supports
+(v1.1+) do not know that field and would drop it silently.
+Off: RAY_AUTH_MODE=disabled, said explicitly (Ray's own default depends on how a node is started).
+*/}}
+{{- define "pdserve.rayAuthEnv" -}}
+{{- if .Values.ray.auth.enabled -}}
+- name: RAY_AUTH_MODE
+  value: token
+- name: RAY_AUTH_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pdserve.rayAuthSecretName" . }}
+      key: {{ .Values.ray.auth.secretKey }}
+{{- else -}}
+- name: RAY_AUTH_MODE
+  value: disabled
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding Ray's token: the user's, or the one the chart creates. */}}
+{{- define "pdserve.rayAuthSecretName" -}}
+{{- .Values.ray.auth.existingSecret | default (printf "%s-ray-auth" (include "pdserve.fullname" .)) }}
 {{- end }}
 
 {{/* Writable places under a read-only root filesystem: /tmp (Ray's session dir), $HOME (vLLM, Triton,
