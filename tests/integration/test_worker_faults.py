@@ -14,57 +14,28 @@ core's `VLLM::Worker`, which holds the KV receiver's port (how the test finds th
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 import pytest
 import ray
 
-from pdserve import AsyncClient
+from faultstreams import FaultCounts, Outcome, run_streams
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
 NUM_STREAMS = 4
 MAX_TOKENS = 96
 KILL_AFTER_TOKENS = 8  # the first stream's tokens before the kill: every stream is mid-way
-REQUEST_TIMEOUT_S = 300.0  # a request outliving this is lost (the test fails on it)
 RECOVERY_TIMEOUT_S = 420.0  # a replacement engine's start on two busy cores
 PROMPTS = [f"Tell a long story about a lighthouse keeper named {name}." for name in ("Ada", "Bo", "Cy", "Di")]
 LONG_PROMPTS = [f"{name}: " + " ".join(["the quiet harbour at dawn"] * 250) for name in ("Ada", "Bo", "Cy", "Di")]
-
-
-@dataclass
-class Outcome:
-    token_ids: list[int] = field(default_factory=list)
-    finish_reason: str = ""
-    error: str = ""
-    decode_worker: str = ""
-    longest_gap_s: float = 0.0
-
-
-@dataclass
-class FaultCounts:
-    fault: str
-    in_flight: int
-    completed: int
-    identical: int
-    errors: int
-    lost: int
-    longest_gap_s: float
-    recovered_s: float
-
-    def line(self) -> str:
-        return (f"{self.fault}: {self.in_flight} in flight, {self.completed} completed, {self.identical} token-identical, "
-                f"{self.errors} explicit errors, {self.lost} lost, longest gap {self.longest_gap_s:.1f} s, "
-                f"pools full again after {self.recovered_s:.0f} s")
 
 
 # ---- the cluster's processes and state -------------------------------------------------------------
@@ -116,48 +87,15 @@ def _wait_recovered(serving, killed_s: float, num_decode: int = 1) -> float:
 
 # ---- streams ---------------------------------------------------------------------------------------
 
-async def _stream(client: AsyncClient, prompt: str, outcome: Outcome) -> None:
-    last = time.monotonic()
-    try:
-        chunks = await client.generate(prompt, stream=True, max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True,
-                                       timeout_s=REQUEST_TIMEOUT_S)
-        async for chunk in chunks:
-            now = time.monotonic()
-            outcome.longest_gap_s, last = max(outcome.longest_gap_s, now - last), now
-            outcome.token_ids.extend(chunk.token_ids)
-            if chunk.finish_reason:
-                outcome.finish_reason = chunk.finish_reason.value
-                outcome.error = chunk.error or ""
-                outcome.decode_worker = chunk.usage.decode_worker if chunk.usage else ""
-    except Exception as exc:  # noqa: BLE001 - an explicit error is a counted outcome, not a test crash
-        outcome.error = f"{type(exc).__name__}: {exc}"
-
-
 def _run_streams(serving, prompts: list[str], kill=None, kill_after_tokens: int = KILL_AFTER_TOKENS) -> list[Outcome]:
     """Stream every prompt at once; `kill()` runs once the first stream has `kill_after_tokens` tokens
     (0: as soon as they were sent) and returns when the kill is done."""
-    outcomes = [Outcome() for _ in prompts]
-
-    async def run() -> None:
-        async with AsyncClient(serving.grpc_target) as client:
-            tasks = [asyncio.create_task(_stream(client, p, o)) for p, o in zip(prompts, outcomes)]
-            if kill is not None:
-                while max(len(o.token_ids) for o in outcomes) < kill_after_tokens and not all(t.done() for t in tasks):
-                    await asyncio.sleep(0.01)
-                await asyncio.to_thread(kill)
-            await asyncio.gather(*tasks)
-
-    asyncio.run(run())
-    return outcomes
+    return run_streams(serving.grpc_target, prompts, fault=kill, after_tokens=kill_after_tokens, max_tokens=MAX_TOKENS)
 
 
 def _counts(fault: str, outcomes: list[Outcome], expected: list[list[int]], recovered_s: float,
             summary_line: Any) -> FaultCounts:
-    completed = [o for o in outcomes if not o.error and o.finish_reason and o.finish_reason != "error"]
-    errors = [o for o in outcomes if o.error]
-    counts = FaultCounts(fault, len(outcomes), len(completed),
-                         sum(o.token_ids == e for o, e in zip(outcomes, expected) if o in completed), len(errors),
-                         len(outcomes) - len(completed) - len(errors), max(o.longest_gap_s for o in outcomes), recovered_s)
+    counts = FaultCounts.of(fault, outcomes, expected, recovered_s)
     summary_line(counts.line())
     return counts
 

@@ -1,5 +1,5 @@
-"""The multi-host cluster of the `multihost` tests: three network namespaces on a bridge (head, prefill and
-decode host), a Ray cluster across them with token auth, `pdserve up --address` on the head (see hosts.py).
+"""The multi-host cluster of the `multihost` tests: four network namespaces on a bridge (a head, a prefill and
+two decode hosts), a Ray cluster across them with token auth, `pdserve up --address` on the head (see hosts.py).
 
 Started on first use, removed at the end of the session, also when a test fails, on Ctrl-C and on SIGTERM
 (turned into KeyboardInterrupt while the cluster is up, so pytest's teardown runs; both are ignored while
@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from faults import ROLES
 from hosts import MultiHost, unavailable_reason
 
 
@@ -28,14 +29,15 @@ def _interrupt(signum, frame):
 
 @pytest.fixture(scope="session")
 def multihost(tmp_path_factory) -> Iterator[MultiHost]:
-    """A serving 3-host cluster: `multihost.endpoints["grpc"]` on the head host, `multihost.plan.host(role)`."""
+    """A serving 4-host cluster (1 prefill + 2 decode workers): `multihost.endpoints["grpc"]` on the head host,
+    `multihost.plan.host(role)`."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(f"multi-host tests need network namespaces: {reason}")
     from workers.modelstore import DEFAULT_NAME, resolve
 
     model_dir = str(resolve(DEFAULT_NAME, pull_missing=True))
-    cluster = MultiHost.claim(owner_pid=os.getpid(), log_dir=tmp_path_factory.getbasetemp() / "multihost-logs")
+    cluster = MultiHost.claim(ROLES, owner_pid=os.getpid(), log_dir=tmp_path_factory.getbasetemp() / "multihost-logs")
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt), signal.SIGINT: signal.getsignal(signal.SIGINT)}
     try:
         cluster.up(model_dir)

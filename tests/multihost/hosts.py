@@ -164,7 +164,8 @@ class HostPlan:
         """The environment of a host's processes: Ray's token, nothing of the caller's Ray/vLLM settings,
         no hub (the hosts reach nothing beyond 10.88.K.0/24 anyway), and on a worker host with a core of
         its own the engine bound to it (each real host has its own cores)."""
-        env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "PDSERVE_HOME") if name in os.environ}
+        env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "PDSERVE_HOME", "PYTHONPATH")
+               if name in os.environ}
         env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file), "HF_HUB_OFFLINE": "1",
                     "PYTHONUNBUFFERED": "1"})
         workers = [h for h in self.hosts if h.role != "head"]
