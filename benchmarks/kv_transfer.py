@@ -105,7 +105,7 @@ def _connector_receiver(conn, transport: str, receiver_kind: str, frames_first: 
         threading.Thread(target=_python_busy, daemon=True).start()
 
     from workers.kv.receiving import start_receiving
-    from workers.kv.transport import KVTransferService, serve_kv_service
+    from workers.kv.service import KVTransferService, serve_kv_service
 
     torch.set_num_threads(1)
     cache = _kv_cache(max(max(ids) for ids in receiver_ids) + 1)

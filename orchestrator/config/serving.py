@@ -100,6 +100,16 @@ class KVTransferConfig(ConfigModel):
         1024, ge=1, le=1 << 20, description="Host memory a decode worker holds for KV frames that arrive before their "
         "request (the prompt's KV during its prefill); beyond it the oldest are dropped and those prompts recomputed."
     )
+    auth: Literal["hmac", "header", "none"] = Field(
+        "hmac", description="Who may write into a decode worker's KV cache (or abort its transfers): every frame carries "
+        "an HMAC-SHA256 under a per-transfer key from the cluster's KV secret. `hmac`: over the header and the payload. "
+        "`header`: over the header only, which binds the payload's xxh3 checksum (cheaper; stops off-path senders, not an "
+        "on-path attacker). `none`: a trusted network. KV crosses the wire in clear either way."
+    )
+    auth_key_file: Path | None = Field(
+        None, description="A file holding the cluster's KV secret (at least 16 bytes), read by the gateway. Unset: 32 "
+        "random bytes made at startup. Either way it reaches the workers over Ray, never in logs or the status."
+    )
 
 
 class RouterConfig(ConfigModel):

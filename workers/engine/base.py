@@ -30,7 +30,8 @@ class KVPush:
     endpoint: str  # zmq://host:port or grpc://host:port of the decode worker
     num_prompt_tokens: int
     control_endpoint: str = ""  # grpc://host:port of the decode worker's KV control service
-    fault: str = ""  # chaos testing only: "corrupt" one frame or "drop" the transfer
+    fault: str = ""  # chaos testing only (`workers.kv.faults`): "corrupt" one frame, "drop" or "stall" the transfer
+    stall_s: float = 0.0  # a "stall": how long the sender holds the frames
 
 
 @dataclass(frozen=True)

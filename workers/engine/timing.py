@@ -66,7 +66,9 @@ from workers.engine.base import (
     KVOutcome,
 )
 from workers.kv.assembler import TransferAssembler
-from workers.kv.transport import KVSenders, KVTransferService, OutgoingFrame, ZmqReceiver, serve_kv_service
+from workers.kv.auth import KVAuth
+from workers.kv.service import KVTransferService, serve_kv_service
+from workers.kv.transport import KVSenders, OutgoingFrame, ZmqReceiver
 from workers.kv.zmtp import ZmtpReceiver
 from workers.kv.wire import Payload, payload_parts
 
@@ -424,6 +426,7 @@ class TimingEngine(BaseEngine):
         self._store: _KVStore | None = None
         self._assembler: TransferAssembler | None = None
         self._sender: Any = None
+        self._auth: KVAuth | None = None
         self._closers: list[Callable[[], Any]] = []
 
     # ---- life cycle ------------------------------------------------------------------------------
@@ -464,12 +467,14 @@ class TimingEngine(BaseEngine):
         host = self._kv.get("host", "127.0.0.1")
         self._assembler = _WakingAssembler(self._store.write, wake, timeout_s=float(self._kv.get("timeout_s", 10.0)),
                                            max_stash_bytes=int(self._kv.get("max_stash_bytes", 1 << 30)))
-        receiver = (ZmqReceiver(self._assembler, host, 0) if self._kv.get("zmq_receiver") == "libzmq"
-                    else ZmtpReceiver(self._assembler, host, 0, stall_timeout_s=float(self._kv.get("timeout_s", 10.0))))
+        auth = self._auth = KVAuth(str(self._kv.get("auth", "none")), self._kv.get("secret"))
+        receiver = (ZmqReceiver(self._assembler, host, 0, auth=auth) if self._kv.get("zmq_receiver") == "libzmq"
+                    else ZmtpReceiver(self._assembler, host, 0, stall_timeout_s=float(self._kv.get("timeout_s", 10.0)),
+                                      auth=auth))
         self._closers.append(receiver.close)
-        self._sender = KVSenders()
+        self._sender = KVSenders(auth)
         self._closers.append(self._sender.close)
-        service = KVTransferService(self._assembler, self._sender, self._block_counts)
+        service = KVTransferService(self._assembler, self._sender, self._block_counts, auth=auth)
         server, grpc_endpoint = serve_kv_service(service, host, 0)
         self._closers.append(lambda: server.stop(grace=0))
         return {"zmq": receiver.endpoint, "grpc": grpc_endpoint}
@@ -606,7 +611,7 @@ class TimingEngine(BaseEngine):
         c, s = self._assembler.counters, self._sender.counters
         return {"bytes_total": c.bytes_total, "frames_total": c.frames_total, "transfers_completed": c.transfers_completed,
                 "transfers_recomputed": c.transfers_recomputed, "seconds_total": c.seconds_total,
-                "checksum_failures": c.checksum_failures, "timeouts": c.timeouts,
+                "checksum_failures": c.checksum_failures, "timeouts": c.timeouts, "auth_failures": self._auth.failures,
                 "bytes_sent_total": s.bytes_sent, "frames_sent_total": s.frames_sent}
 
     # ---- the step loop ---------------------------------------------------------------------------
@@ -790,7 +795,8 @@ class TimingEngine(BaseEngine):
             transfer_id=push.transfer_id, layer_index=layer, num_layers=num_layers, token_start=span.token_start,
             token_end=span.token_end, num_prompt_tokens=push.num_prompt_tokens, block_size=self._config.block_size,
             dtype="uint8", shape=tuple(payload.shape), source_block_ids=list(span.block_ids), sender=self._worker_id),
-            payload, corrupt=push.fault == "corrupt" and layer == 0))
+            payload, corrupt=push.fault == "corrupt" and layer == 0,
+            hold_until_s=time.monotonic() + push.stall_s if push.fault == "stall" else 0.0))
 
     def _commit(self, step: _Step) -> None:
         """Step 4: computed tokens advance; a request whose prompt is done gets its next token."""

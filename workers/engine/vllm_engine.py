@@ -67,7 +67,8 @@ class VllmEngine(BaseEngine):
         self._model = model
         self._config = engine
         self._worker_id = worker_id
-        self._kv = kv
+        self._kv = {k: v for k, v in kv.items() if k != "secret"} if kv is not None else None
+        self._kv_secret: bytes | None = kv.get("secret") if kv is not None else None  # never in vLLM's config
         self._llm: Any = None
         self._info: EngineInfo | None = None
         self._latest: Any = None  # vLLM SchedulerStats of the last step
@@ -88,17 +89,24 @@ class VllmEngine(BaseEngine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        endpoint_file = stats_file = None
+        endpoint_file = stats_file = key_file = None
         if self._kv is not None:
-            directory = Path(tempfile.mkdtemp(prefix="pdserve-kv-"))
+            directory = Path(tempfile.mkdtemp(prefix="pdserve-kv-"))  # private (0700)
             endpoint_file, stats_file = directory / "endpoints.json", directory / "stats.json"
-        args = AsyncEngineArgs(**self._engine_args(endpoint_file, stats_file))
+            key_file = _write_key(directory / "kv.key", self._kv_secret)
+        args = AsyncEngineArgs(**self._engine_args(endpoint_file, stats_file, key_file))
         try:
-            self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[self._stats_sink])
-        except Exception as exc:  # vLLM raises many kinds; the worker needs one, with the cause
-            raise EngineError(f"vLLM could not start {self._model_dir}: {exc}") from exc
-        self._processes = _engine_processes()
-        endpoints = await self._read_endpoints(endpoint_file) if endpoint_file else {}
+            try:
+                self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[self._stats_sink])
+            except Exception as exc:  # vLLM raises many kinds; the worker needs one, with the cause
+                raise EngineError(f"vLLM could not start {self._model_dir}: {exc}") from exc
+            self._processes = _engine_processes()
+            endpoints = await self._read_endpoints(endpoint_file) if endpoint_file else {}
+        finally:  # the connector read the key before it reported its endpoints
+            if key_file is not None:
+                with contextlib.suppress(OSError):
+                    key_file.unlink()
+                    key_file.parent.rmdir()
         if endpoints:
             self._control = self._stub(endpoints["grpc"])
             self._block_stats = self._stub((await self._read_endpoints(stats_file))["grpc"])
@@ -120,7 +128,8 @@ class VllmEngine(BaseEngine):
         self._channels.append(channel)
         return kv_pb2_grpc.KVTransferStub(channel)
 
-    def _engine_args(self, endpoint_file: Path | None, stats_file: Path | None) -> dict[str, Any]:
+    def _engine_args(self, endpoint_file: Path | None, stats_file: Path | None,
+                     key_file: Path | None = None) -> dict[str, Any]:
         from vllm.config import KVTransferConfig
 
         from workers.engine.thinking import THINKING_LOGITS_PROCESSOR
@@ -147,7 +156,8 @@ class VllmEngine(BaseEngine):
                 kv_connector=CONNECTOR, kv_connector_module_path=CONNECTOR_MODULE, kv_role="kv_both",
                 kv_load_failure_policy="recompute",
                 kv_connector_extra_config={**self._kv, "worker_id": self._worker_id, "endpoint_file": str(endpoint_file),
-                                           "stats_endpoint_file": str(stats_file), "zmq_port": 0, "grpc_port": 0})
+                                           "stats_endpoint_file": str(stats_file), "zmq_port": 0, "grpc_port": 0,
+                                           **({"auth_key_file": str(key_file)} if key_file else {})})
         return args
 
     async def _read_endpoints(self, path: Path) -> dict[str, str]:
@@ -345,6 +355,16 @@ def resolve_dtype(dtype: str, *, on_gpu: bool) -> str:
     return "auto" if on_gpu else "float32"
 
 
+def _write_key(path: Path, secret: bytes | None) -> Path | None:
+    """The cluster's KV secret in a file only this user reads, for the connector (None: no secret)."""
+    if not secret:
+        return None
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(secret)
+    return path
+
+
 def _transfer_params(request: EngineRequest) -> dict[str, Any] | None:
     if request.kv_push is not None:
         push = request.kv_push
@@ -352,6 +372,8 @@ def _transfer_params(request: EngineRequest) -> dict[str, Any] | None:
                   "num_prompt_tokens": push.num_prompt_tokens}
         if push.fault:
             params["fault"] = push.fault
+        if push.fault == "stall":
+            params["stall_s"] = push.stall_s
         return params
     if request.kv_receive is not None:
         receive = request.kv_receive

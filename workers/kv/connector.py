@@ -25,8 +25,13 @@ receiver's endpoint (`zmq://` or `grpc://`, which the orchestrator picks from `k
 engine receives on both, and sends on whichever its requests name.
 
 Fault injection (chaos tests, like vLLM's): a push's transfer parameters may carry `"fault":
-"corrupt"` (one frame's bytes differ from its checksum) or `"drop"` (no frame is sent); the receiver
-must then recompute, and the request still succeed.
+"corrupt"` (one frame's bytes differ from its checksum), `"drop"` (no frame is sent) or `"stall"` (the
+sender thread holds the frames `"stall_s"` seconds, see `faults`); the receiver must then recompute (or
+take them late), and the request still succeed.
+
+KV plane authentication (`auth`): `auth` (`hmac`, `header` or `none`) and `auth_key_file` (the cluster's
+KV secret, written by the engine's adapter into its private directory) in the engine-level settings;
+frames are signed on the sender thread and checked by the receivers (see `workers.kv.auth`).
 
 A receive that failed is remembered on the scheduler side: when vLLM reschedules the request to
 recompute it, `get_num_new_matched_tokens` then answers 0, so it is computed locally rather than
@@ -39,6 +44,7 @@ import functools
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,14 +58,10 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 
 from workers.kv.assembler import TransferAssembler
 from workers.kv.blocks import as_bytes, block_parts, gather_blocks
+from workers.kv.auth import KVAuth, make_secret
 from workers.kv.receiving import start_receiving
-from workers.kv.transport import (
-    KVSenders,
-    KVTransferService,
-    OutgoingFrame,
-    PendingSends,
-    serve_kv_service,
-)
+from workers.kv.service import KVTransferService, serve_kv_service
+from workers.kv.transport import KVSenders, OutgoingFrame, PendingSends
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -84,7 +86,8 @@ class SendSpec:
     token_start: int
     token_end: int
     num_prompt_tokens: int
-    fault: str = ""  # fault injection (chaos tests): "corrupt" one frame, or "drop" them all
+    fault: str = ""  # fault injection (chaos tests): "corrupt" one frame, "drop" them all, or "stall" them
+    stall_s: float = 0.0  # how long a "stall" holds the frames on the sender thread
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class _PushState:
     block_ids: list[int] = field(default_factory=list)
     sent_until: int = 0
     fault: str = ""
+    stall_s: float = 0.0
 
 
 class _BlockCounts:
@@ -205,7 +209,8 @@ class PdserveConnector(KVConnectorBase_V1):
             if not params or params.get("role") != "push":
                 continue
             state = _PushState(new.req_id, params["transfer_id"], params["endpoint"], int(params["num_prompt_tokens"]),
-                               list(new.block_ids[0]), fault=str(params.get("fault", "")))
+                               list(new.block_ids[0]), fault=str(params.get("fault", "")),
+                               stall_s=float(params.get("stall_s", 0.0)))
             self._pushes[new.req_id] = state
             self._emit(meta, state, new.num_computed_tokens + scheduled.get(new.req_id, 0))
         cached = scheduler_output.scheduled_cached_reqs
@@ -228,7 +233,7 @@ class PdserveConnector(KVConnectorBase_V1):
         start = (state.sent_until // self._block_size) * self._block_size
         first, last = start // self._block_size, -(-end // self._block_size)
         meta.sends.append(SendSpec(state.request_id, state.transfer_id, state.endpoint, state.block_ids[first:last], start,
-                                   end, state.num_prompt_tokens, state.fault))
+                                   end, state.num_prompt_tokens, state.fault, state.stall_s))
         state.sent_until = end
 
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
@@ -272,13 +277,15 @@ class PdserveConnector(KVConnectorBase_V1):
 
     def _start_receivers(self) -> None:
         host = self._extra.get("host", "127.0.0.1")
+        key_file = self._extra.get("auth_key_file")
+        auth = KVAuth(str(self._extra.get("auth", "none")), make_secret(key_file) if key_file else None)
         self._assembler, receiver = start_receiving(
             str(self._extra.get("zmq_receiver", "direct")), self._layer_views, host, int(self._extra.get("zmq_port", 0)),
             timeout_s=float(self._extra.get("timeout_s", 10.0)),
-            max_stash_bytes=int(self._extra.get("max_stash_bytes", 1 << 30)))
+            max_stash_bytes=int(self._extra.get("max_stash_bytes", 1 << 30)), auth=auth)
         self._receivers.append(receiver)
-        self._sender = KVSenders()
-        service = KVTransferService(self._assembler, self._sender)
+        self._sender = KVSenders(auth)
+        service = KVTransferService(self._assembler, self._sender, auth=auth)
         server, grpc_endpoint = serve_kv_service(service, host, int(self._extra.get("grpc_port", 0)))
         self._receivers.append(server)
         endpoints = {"zmq": receiver.endpoint, "grpc": grpc_endpoint}
@@ -336,7 +343,8 @@ class PdserveConnector(KVConnectorBase_V1):
                 block_size=self._block_size, dtype=str(view.dtype).removeprefix("torch."),
                 shape=(len(spec.block_ids), *view.shape[1:]), source_block_ids=spec.block_ids,
                 sender=str(self._extra.get("worker_id", ""))), payload,
-                corrupt=spec.fault == "corrupt" and layer == 0, on_done=on_done))
+                corrupt=spec.fault == "corrupt" and layer == 0, on_done=on_done,
+                hold_until_s=time.monotonic() + spec.stall_s if spec.fault == "stall" else 0.0))
 
     def wait_for_save(self) -> None:
         """Worker: sends are asynchronous; their blocks stay allocated until sent (see save_kv_layer)."""

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from workers.kv.assembler import TransferAssembler
+from workers.kv.auth import KVAuth
 from workers.kv.blocks import locate_blocks, write_blocks
 from workers.kv.transport import ZmqReceiver
 from workers.kv.zmtp import ZmtpReceiver
@@ -25,9 +26,10 @@ RECEIVERS = ("direct", "libzmq")
 
 
 def start_receiving(kind: str, layer_views: Sequence[torch.Tensor], host: str, port: int, *, timeout_s: float,
-                    max_stash_bytes: int) -> tuple[TransferAssembler, Any]:
+                    max_stash_bytes: int, auth: KVAuth | None = None) -> tuple[TransferAssembler, Any]:
     """An assembler writing into `layer_views` (block-first views, one per layer) and a running ZeroMQ
-    receiver of `kind` bound on host:port feeding it. Raises ValueError for an unknown kind."""
+    receiver of `kind` bound on host:port feeding it, refusing frames without a valid MAC (`auth`).
+    Raises ValueError for an unknown kind."""
     if kind not in RECEIVERS:
         raise ValueError(f"unknown KV receiver {kind!r} (use one of {', '.join(RECEIVERS)})")
 
@@ -40,5 +42,5 @@ def start_receiving(kind: str, layer_views: Sequence[torch.Tensor], host: str, p
     assembler = TransferAssembler(write, timeout_s=timeout_s, max_stash_bytes=max_stash_bytes, verify_after_write=True,
                                   locate=locate if kind == "direct" else None, place_in_background=True)
     if kind == "direct":
-        return assembler, ZmtpReceiver(assembler, host, port, stall_timeout_s=timeout_s)
-    return assembler, ZmqReceiver(assembler, host, port)
+        return assembler, ZmtpReceiver(assembler, host, port, stall_timeout_s=timeout_s, auth=auth)
+    return assembler, ZmqReceiver(assembler, host, port, auth=auth)

@@ -2,15 +2,16 @@
 
 Senders are called from the engine thread inside the forward pass (`save_kv_layer`), so `send()` only
 enqueues: a background thread checksums the payload and puts it on the wire, while the engine computes
-the next layer. Receivers run their own threads and hand every frame to a `TransferAssembler`.
+the next layer (and, with a `KVAuth`, signs it). Receivers run their own threads and hand every frame to
+a `TransferAssembler` through an `auth.FrameGate`, which drops frames without a valid MAC.
 
 - ZeroMQ (`zmq://host:port`): PUSH/PULL, multipart [header, payload part, ...], parts sent and received
   zero-copy. A part may be a view straight into the sender's KV cache: the frame's `on_done` runs only
   once ZeroMQ's I/O thread no longer needs the memory (a message tracker), so the engine frees those
   blocks after that, not before.
 - gRPC (`grpc://host:port`): the same frames as `KVFrame` messages on one client-streaming `Push` call;
-  for networks where only one port is open. The same server also answers the control calls
-  (`AbortTransfer`, `GetTransferStats`), whichever data transport is in use.
+  for networks where only one port is open. Its server (`service.KVTransferService`) also answers the
+  control calls (`AbortTransfer`, `GetTransferStats`), whichever data transport is in use.
 - Loopback: an in-process twin for tests (`LoopbackSender` straight into an assembler).
 
 A sender never blocks the engine and never raises into it: a frame that cannot be sent (peer gone,
@@ -31,7 +32,6 @@ import threading
 import time
 
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,8 @@ import zmq
 
 from orchestrator.api.pb import kv_pb2, kv_pb2_grpc
 from workers.kv.assembler import TransferAssembler
+from workers.kv.auth import FrameGate, KVAuth
+from workers.kv.faults import HeldFrames
 from workers.kv.wire import Header, make_header, payload_parts
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class OutgoingFrame:
     fields: dict[str, Any]
     buffer: Any  # a contiguous buffer (numpy array, ...), or a sequence of them: the payload's parts in order
     corrupt: bool = False  # fault injection: the bytes on the wire differ from the checksummed ones
+    hold_until_s: float = 0.0  # fault injection (`stall`): the sender thread sends it no sooner (time.monotonic)
     on_done: Callable[[], None] | None = None  # runs once (sender thread) when the buffers are no longer used
 
     def parts(self) -> list[memoryview]:
@@ -63,10 +66,13 @@ class OutgoingFrame:
     def header(self) -> Header:
         return make_header(payload=self.parts(), **self.fields)
 
-    def wire(self) -> tuple[Header, list[memoryview]]:
-        """The header (checksum of the true bytes) and the payload parts to send (sender thread)."""
+    def wire(self, auth: KVAuth | None = None) -> tuple[Header, list[memoryview]]:
+        """The header (checksum and, with `auth`, MACs of the true bytes) and the payload parts to send
+        (sender thread)."""
         parts = self.parts()
         header = make_header(payload=parts, **self.fields)
+        if auth is not None:
+            auth.sign(header, parts)
         if self.corrupt and parts and len(parts[0]):
             damaged = bytearray(parts[0])
             damaged[len(damaged) // 2] ^= 0xFF
@@ -99,8 +105,10 @@ def split_endpoint(endpoint: str) -> tuple[str, str]:
 class BaseKVSender(abc.ABC):
     """Prefill side. `send` is called from the engine thread and must not block."""
 
-    def __init__(self, max_queued_frames: int = 4096) -> None:
+    def __init__(self, max_queued_frames: int = 4096, auth: KVAuth | None = None) -> None:
+        """`auth`: signs every frame on the sender thread (see `auth`); None: frames go unsigned."""
         self.counters = SenderCounters()
+        self._auth = auth
         self._queue: queue.Queue[OutgoingFrame | None] = queue.Queue(maxsize=max_queued_frames)
         self._thread = threading.Thread(target=self._run, name=f"{type(self).__name__}", daemon=True)
         self._thread.start()
@@ -124,20 +132,36 @@ class BaseKVSender(abc.ABC):
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while (frame := self._queue.get()) is not None:
+        held = HeldFrames()
+        while True:
+            try:
+                frame = self._queue.get(timeout=held.wait_s())
+            except queue.Empty:
+                frame = _NOTHING
+            for due in held.due():
+                self._deliver_or_drop(due)
+            if frame is None:
+                break
             if isinstance(frame, _Marker):
                 self._release_all()
                 frame.event.set()
+            elif frame is _NOTHING or held.hold(frame):
                 continue
-            try:
-                self._deliver(frame)
-            except Exception as exc:  # noqa: BLE001 - the engine must never see a transport error
-                self.counters.frames_dropped += 1
-                frame.done()
-                log.warning("KV frame of transfer %s to %s dropped: %s", frame.fields.get("transfer_id"),
-                            frame.endpoint, exc)
+            else:
+                self._deliver_or_drop(frame)
+        for frame in held.drain():  # closing: stalled frames are not sent
+            frame.done()
         self._release_all()
         self._shutdown()
+
+    def _deliver_or_drop(self, frame: OutgoingFrame) -> None:
+        try:
+            self._deliver(frame)
+        except Exception as exc:  # noqa: BLE001 - the engine must never see a transport error
+            self.counters.frames_dropped += 1
+            frame.done()
+            log.warning("KV frame of transfer %s to %s dropped: %s", frame.fields.get("transfer_id"),
+                        frame.endpoint, exc)
 
     def _release_all(self) -> None:
         """Wait (bounded) for every frame handed to the wire, then release them."""
@@ -155,6 +179,9 @@ class _Marker:
     event: threading.Event
 
 
+_NOTHING = _Marker(threading.Event())  # the queue stayed empty until a held frame was due
+
+
 class _DoneTracker:
     """A tracker that is already done (a marker in the release queue)."""
 
@@ -168,7 +195,7 @@ class PeerUnavailable(Exception):
 
 class ZmqSender(BaseKVSender):
     def __init__(self, max_queued_frames: int = 4096, sndhwm: int = 1024, release_timeout_s: float = 30.0,
-                 send_wait_s: float = 2.0) -> None:
+                 send_wait_s: float = 2.0, auth: KVAuth | None = None) -> None:
         self._context = zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket] = {}
         self._sndhwm = sndhwm
@@ -179,7 +206,7 @@ class ZmqSender(BaseKVSender):
         self._in_flight: queue.Queue[tuple[zmq.MessageTracker, OutgoingFrame, float] | None] = queue.Queue()
         self._releaser = threading.Thread(target=self._release_loop, name="ZmqSender-release", daemon=True)
         self._releaser.start()
-        super().__init__(max_queued_frames)
+        super().__init__(max_queued_frames, auth)
 
     def _socket(self, address: str) -> zmq.Socket:
         sock = self._sockets.get(address)
@@ -195,7 +222,7 @@ class ZmqSender(BaseKVSender):
 
     def _deliver(self, frame: OutgoingFrame) -> None:
         _, address = split_endpoint(frame.endpoint)
-        header, parts = frame.wire()
+        header, parts = frame.wire(self._auth)
         message = [header.SerializeToString(), *parts]
         sock = self._socket(address)
         # Counted before the send: once it returns the receiver may hold every byte and report the transfer
@@ -250,16 +277,16 @@ class ZmqSender(BaseKVSender):
 class GrpcSender(BaseKVSender):
     """One long-lived Push stream per endpoint; a broken stream is reopened on the next frame."""
 
-    def __init__(self, max_queued_frames: int = 4096) -> None:
+    def __init__(self, max_queued_frames: int = 4096, auth: KVAuth | None = None) -> None:
         self._streams: dict[str, _GrpcStream] = {}
-        super().__init__(max_queued_frames)
+        super().__init__(max_queued_frames, auth)
 
     def _deliver(self, frame: OutgoingFrame) -> None:
         _, address = split_endpoint(frame.endpoint)
         stream = self._streams.get(address)
         if stream is None or stream.broken:
             stream = self._streams[address] = _GrpcStream(address)
-        header, parts = frame.wire()
+        header, parts = frame.wire(self._auth)
         payload = b"".join(parts)  # one copy: the message owns its bytes, the frame's buffers are free now
         frame.done()
         stream.put(kv_pb2.KVFrame(header=header, payload=payload))
@@ -273,7 +300,7 @@ class GrpcSender(BaseKVSender):
 
 class _GrpcStream:
     def __init__(self, address: str) -> None:
-        self._channel = grpc.insecure_channel(address, options=_grpc_options())
+        self._channel = grpc.insecure_channel(address, options=grpc_options())
         self._queue: queue.Queue[kv_pb2.KVFrame | None] = queue.Queue(maxsize=256)
         self.broken = False
         self._thread = threading.Thread(target=self._run, name=f"kv-grpc-push-{address}", daemon=True)
@@ -302,7 +329,7 @@ class _GrpcStream:
         self._channel.close()
 
 
-def _grpc_options() -> list[tuple[str, int]]:
+def grpc_options() -> list[tuple[str, int]]:
     return [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES)]
 
@@ -310,12 +337,12 @@ def _grpc_options() -> list[tuple[str, int]]:
 class LoopbackSender(BaseKVSender):
     """In-process twin: frames go straight into an assembler (tests)."""
 
-    def __init__(self, assembler: TransferAssembler) -> None:
+    def __init__(self, assembler: TransferAssembler | FrameGate, auth: KVAuth | None = None) -> None:
         self._assembler = assembler
-        super().__init__()
+        super().__init__(auth=auth)
 
     def _deliver(self, frame: OutgoingFrame) -> None:
-        header, parts = frame.wire()
+        header, parts = frame.wire(self._auth)
         owned = [bytes(part) for part in parts]  # the assembler may keep them; the frame's buffers are reused
         self._assembler.on_frame(header, owned[0] if len(owned) == 1 else owned)
         frame.done()
@@ -327,16 +354,17 @@ class KVSenders:
     """One sender per transport, created on first use: a frame goes by its endpoint's scheme, so one
     engine can push to `zmq://` and `grpc://` receivers alike. Same `send`/`flush`/`close` as a sender."""
 
-    def __init__(self) -> None:
+    def __init__(self, auth: KVAuth | None = None) -> None:
         self._senders: dict[str, BaseKVSender] = {}
         self._lock = threading.Lock()
+        self._auth = auth
 
     def send(self, frame: OutgoingFrame) -> None:
         scheme, _ = split_endpoint(frame.endpoint)
         with self._lock:
             sender = self._senders.get(scheme)
             if sender is None:
-                sender = self._senders[scheme] = make_sender(scheme)
+                sender = self._senders[scheme] = make_sender(scheme, self._auth)
         sender.send(frame)
 
     @property
@@ -388,19 +416,21 @@ class PendingSends:
         return sent
 
 
-def make_sender(transport: str) -> BaseKVSender:
+def make_sender(transport: str, auth: KVAuth | None = None) -> BaseKVSender:
     if transport == "zmq":
-        return ZmqSender()
+        return ZmqSender(auth=auth)
     if transport == "grpc":
-        return GrpcSender()
+        return GrpcSender(auth=auth)
     raise ValueError(f"unknown KV transport {transport!r} (use zmq or grpc)")
 
 
 class ZmqReceiver:
-    """PULL socket bound on host:port; a thread feeds the assembler."""
+    """PULL socket bound on host:port; a thread feeds the assembler, through a `FrameGate` that drops
+    frames without a valid MAC (`auth`; None: no checks)."""
 
-    def __init__(self, assembler: TransferAssembler, host: str, port: int, rcvhwm: int = 4096) -> None:
-        self._assembler = assembler
+    def __init__(self, assembler: TransferAssembler, host: str, port: int, rcvhwm: int = 4096,
+                 auth: KVAuth | None = None) -> None:
+        self._gate = FrameGate(assembler, auth)
         self._context = zmq.Context.instance()
         self._socket = self._context.socket(zmq.PULL)
         self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
@@ -427,7 +457,7 @@ class ZmqReceiver:
             try:
                 header = Header.FromString(parts[0].bytes)
                 payload = parts[1].buffer if len(parts) == 2 else [part.buffer for part in parts[1:]]
-                self._assembler.on_frame(header, payload)
+                self._gate.on_frame(header, payload, peer=_peer_address(parts[0]))
             except Exception as exc:  # noqa: BLE001 - one bad frame must not kill the receiver
                 log.warning("KV receiver: frame rejected: %s", exc)
         self._socket.close(linger=0)
@@ -437,59 +467,9 @@ class ZmqReceiver:
         self._thread.join(timeout=5)
 
 
-class KVTransferService(kv_pb2_grpc.KVTransferServicer):
-    """gRPC data transport and control for one assembler (and, for stats, the local sender)."""
-
-    def __init__(self, assembler: TransferAssembler | None, sender_counters: SenderCounters | None = None,
-                 block_counts: Any = None) -> None:
-        """`block_counts()`, if given, returns the engine's (free, total) KV blocks for the stats reply."""
-        self._assembler = assembler
-        self._sender_counters = sender_counters
-        self._block_counts = block_counts
-
-    def Push(self, request_iterator, context):  # noqa: N802 - gRPC method name
-        frames = size = 0
-        if self._assembler is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this worker does not receive KV")
-        for frame in request_iterator:
-            self._assembler.on_frame(frame.header, memoryview(frame.payload))
-            frames += 1
-            size += len(frame.payload)
-        return kv_pb2.PushResponse(frames=frames, bytes=size)
-
-    def AbortTransfer(self, request, context):  # noqa: N802
-        known = self._assembler.abort(request.transfer_id, request.reason or "sender gave up") if self._assembler else False
-        return kv_pb2.AbortTransferResponse(known=known)
-
-    def GetTransferStats(self, request, context):  # noqa: N802
-        reply = kv_pb2.GetTransferStatsResponse()
-        if self._assembler is not None:
-            c = self._assembler.counters
-            reply.bytes_total, reply.frames_total = c.bytes_total, c.frames_total
-            reply.transfers_completed, reply.transfers_recomputed = c.transfers_completed, c.transfers_recomputed
-            reply.seconds_total, reply.checksum_failures, reply.timeouts = c.seconds_total, c.checksum_failures, c.timeouts
-            for transfer_id in request.transfer_ids:
-                outcome = self._assembler.outcome(transfer_id)
-                if outcome is not None:
-                    reply.outcomes.append(kv_pb2.TransferOutcome(
-                        transfer_id=transfer_id, complete=outcome.complete, recomputed=not outcome.complete,
-                        failure=outcome.failure or "", bytes=outcome.bytes, seconds=outcome.seconds))
-        if self._sender_counters is not None:
-            counters = getattr(self._sender_counters, "counters", self._sender_counters)  # KVSenders or counters
-            reply.bytes_sent_total = counters.bytes_sent
-            reply.frames_sent_total = counters.frames_sent
-        if self._block_counts is not None:
-            reply.num_free_blocks, reply.num_total_blocks = self._block_counts()
-        return reply
-
-
-def serve_kv_service(service: KVTransferService, host: str, port: int) -> tuple[grpc.Server, str]:
-    """Start the KV gRPC server; returns it and its endpoint `grpc://host:port`."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="kv-grpc"),
-                         options=_grpc_options())
-    kv_pb2_grpc.add_KVTransferServicer_to_server(service, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind the KV gRPC server on {host}:{port}: the port is in use")
-    server.start()
-    return server, f"grpc://{host}:{bound}"
+def _peer_address(part: zmq.Frame) -> str:
+    """The sender's address of a received message (libzmq's Peer-Address), for the log."""
+    try:
+        return part.get("Peer-Address")
+    except zmq.ZMQError:
+        return ""

@@ -11,9 +11,9 @@ carries ordinary ZeroMQ frames.
 Life of a connection (a thread each; one more accepts them):
 1. accept; send our greeting (signature, version 3.1, mechanism NULL) and read the peer's;
 2. NULL handshake: send READY with Socket-Type PULL, read the peer's READY and check it is a PUSH;
-3. per message: read the header frame (at most MAX_HEADER_BYTES), `reserve` its payload, read the
-   payload's frames (one or several parts, as the sender split them) into the placement's views,
-   `commit`. A PING command is answered with a PONG; other commands are skipped.
+3. per message: read the header frame (at most MAX_HEADER_BYTES), `reserve` its payload (through the
+   `auth.FrameGate`: a header without a valid MAC is refused here), read the payload's frames (one or
+   several parts, as the sender split them) into the placement's views, `commit`. A PING command is answered with a PONG; other commands are skipped.
 A frame whose header is bad or whose parts do not add up to the size the header promises is read into
 scratch and dropped (the stream stays in step; the transfer times out and is recomputed). A protocol
 error, or a peer silent for `stall_timeout_s` in the middle of a message, closes the connection (a
@@ -32,6 +32,7 @@ import threading
 from dataclasses import dataclass
 
 from workers.kv.assembler import Placement, TransferAssembler
+from workers.kv.auth import AuthError, FrameGate, KVAuth, peer_host
 from workers.kv.wire import Header
 
 log = logging.getLogger(__name__)
@@ -237,8 +238,10 @@ class ZmtpReceiver:
     """PULL endpoint bound on host:port (0: any free port) feeding `assembler`. Same surface as
     `transport.ZmqReceiver`: `endpoint` (`zmq://host:port`) and `close()`."""
 
-    def __init__(self, assembler: TransferAssembler, host: str, port: int, stall_timeout_s: float = 10.0) -> None:
-        self._assembler = assembler
+    def __init__(self, assembler: TransferAssembler, host: str, port: int, stall_timeout_s: float = 10.0,
+                 auth: KVAuth | None = None) -> None:
+        """`auth`: frames whose header MAC is wrong are refused before their payload is placed (`FrameGate`)."""
+        self._assembler = FrameGate(assembler, auth)
         self._stall_timeout_s = stall_timeout_s
         self._stop = threading.Event()
         self._listener = socket.create_server((host, port), reuse_port=False)
@@ -289,7 +292,7 @@ class ZmtpReceiver:
         try:
             self._handshake(sock, reader)
             while True:
-                self._receive_message(sock, reader)
+                self._receive_message(sock, reader, peer_host(peer))
         except ProtocolError as exc:
             if not self._stop.is_set():
                 log.info("KV receiver: connection from %s:%s ended: %s", peer[0], peer[1], exc)
@@ -323,7 +326,7 @@ class ZmtpReceiver:
         name_size = data[0]
         return data[1:1 + name_size], data[1 + name_size:]
 
-    def _receive_message(self, sock: socket.socket, reader: _Reader) -> None:
+    def _receive_message(self, sock: socket.socket, reader: _Reader, peer: str) -> None:
         """One message: the header frame, then its payload's parts."""
         head = reader.frame_head(idle=True)
         if head.command:
@@ -335,8 +338,8 @@ class ZmtpReceiver:
         if not head.more:
             self._reject(f"a message of one frame ({head.size} bytes): expected a header and a payload")
             return
-        placement = self._place(raw)
-        self._read_payload(reader, placement)
+        placement = self._place(raw, peer)
+        self._read_payload(reader, placement, peer)
 
     def _on_command(self, sock: socket.socket, reader: _Reader, head: FrameHead) -> None:
         name, body = self._command(reader, head)
@@ -348,15 +351,18 @@ class ZmtpReceiver:
         reader.into(memoryview(data))
         return bytes(data)
 
-    def _place(self, raw: bytes) -> Placement | None:
+    def _place(self, raw: bytes, peer: str) -> Placement | None:
         """Where the payload goes; None: the header is bad, the payload is read and dropped."""
         try:
-            return self._assembler.reserve(Header.FromString(raw))
+            return self._assembler.reserve(Header.FromString(raw), peer=peer)
+        except AuthError:  # counted and logged (rate-limited) by the gate
+            self.frames_rejected += 1
+            return None
         except Exception as exc:  # noqa: BLE001 - a bad header costs its frame, not the connection
             self._reject(str(exc))
             return None
 
-    def _read_payload(self, reader: _Reader, placement: Placement | None) -> None:
+    def _read_payload(self, reader: _Reader, placement: Placement | None, peer: str) -> None:
         """Read the payload's parts into the placement's targets (or scratch), then commit or drop."""
         cursor = _Cursor(placement.targets if placement is not None else [])
         more = True
@@ -377,7 +383,7 @@ class ZmtpReceiver:
             self._assembler.release(placement, "payload size differs from its header's")
             self._reject(f"payload of {cursor.filled + cursor.overflow} bytes, its header says {placement.nbytes}")
             return
-        self._assembler.commit(placement)
+        self._assembler.commit(placement, peer=peer)
 
     def _reject(self, reason: str) -> None:
         self.frames_rejected += 1

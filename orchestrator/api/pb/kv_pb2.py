@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13pdserve/v1/kv.proto\x12\npdserve.v1\"\xfe\x01\n\rKVFrameHeader\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x13\n\x0blayer_index\x18\x02 \x01(\r\x12\x12\n\nnum_layers\x18\x03 \x01(\r\x12\x13\n\x0btoken_start\x18\x04 \x01(\r\x12\x11\n\ttoken_end\x18\x05 \x01(\r\x12\x19\n\x11num_prompt_tokens\x18\x06 \x01(\r\x12\x12\n\nblock_size\x18\x07 \x01(\r\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\r\n\x05shape\x18\t \x03(\r\x12\x10\n\x08\x63hecksum\x18\n \x01(\x06\x12\x18\n\x10source_block_ids\x18\x0b \x03(\r\x12\x0e\n\x06sender\x18\x0c \x01(\t\"E\n\x07KVFrame\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.pdserve.v1.KVFrameHeader\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"-\n\x0cPushResponse\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\";\n\x14\x41\x62ortTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"&\n\x15\x41\x62ortTransferResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"/\n\x17GetTransferStatsRequest\x12\x14\n\x0ctransfer_ids\x18\x01 \x03(\t\"}\n\x0fTransferOutcome\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\x12\x12\n\nrecomputed\x18\x03 \x01(\x08\x12\x0f\n\x07\x66\x61ilure\x18\x04 \x01(\t\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\"\xdb\x02\n\x18GetTransferStatsResponse\x12\x13\n\x0b\x62ytes_total\x18\x01 \x01(\x04\x12\x14\n\x0c\x66rames_total\x18\x02 \x01(\x04\x12\x1b\n\x13transfers_completed\x18\x03 \x01(\x04\x12\x1c\n\x14transfers_recomputed\x18\x04 \x01(\x04\x12\x15\n\rseconds_total\x18\x05 \x01(\x01\x12\x19\n\x11\x63hecksum_failures\x18\x06 \x01(\x04\x12\x10\n\x08timeouts\x18\x07 \x01(\x04\x12-\n\x08outcomes\x18\x08 \x03(\x0b\x32\x1b.pdserve.v1.TransferOutcome\x12\x18\n\x10\x62ytes_sent_total\x18\t \x01(\x04\x12\x19\n\x11\x66rames_sent_total\x18\n \x01(\x04\x12\x17\n\x0fnum_free_blocks\x18\x0b \x01(\x04\x12\x18\n\x10num_total_blocks\x18\x0c \x01(\x04\x32\xfa\x01\n\nKVTransfer\x12\x37\n\x04Push\x12\x13.pdserve.v1.KVFrame\x1a\x18.pdserve.v1.PushResponse(\x01\x12T\n\rAbortTransfer\x12 .pdserve.v1.AbortTransferRequest\x1a!.pdserve.v1.AbortTransferResponse\x12]\n\x10GetTransferStats\x12#.pdserve.v1.GetTransferStatsRequest\x1a$.pdserve.v1.GetTransferStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13pdserve/v1/kv.proto\x12\npdserve.v1\"\xa0\x02\n\rKVFrameHeader\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x13\n\x0blayer_index\x18\x02 \x01(\r\x12\x12\n\nnum_layers\x18\x03 \x01(\r\x12\x13\n\x0btoken_start\x18\x04 \x01(\r\x12\x11\n\ttoken_end\x18\x05 \x01(\r\x12\x19\n\x11num_prompt_tokens\x18\x06 \x01(\r\x12\x12\n\nblock_size\x18\x07 \x01(\r\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\r\n\x05shape\x18\t \x03(\r\x12\x10\n\x08\x63hecksum\x18\n \x01(\x06\x12\x18\n\x10source_block_ids\x18\x0b \x03(\r\x12\x0e\n\x06sender\x18\x0c \x01(\t\x12\x0b\n\x03mac\x18\r \x01(\x0c\x12\x13\n\x0bpayload_mac\x18\x0e \x01(\x0c\"E\n\x07KVFrame\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.pdserve.v1.KVFrameHeader\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"-\n\x0cPushResponse\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"H\n\x14\x41\x62ortTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\x0c\"&\n\x15\x41\x62ortTransferResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"/\n\x17GetTransferStatsRequest\x12\x14\n\x0ctransfer_ids\x18\x01 \x03(\t\"}\n\x0fTransferOutcome\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\x12\x12\n\nrecomputed\x18\x03 \x01(\x08\x12\x0f\n\x07\x66\x61ilure\x18\x04 \x01(\t\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\"\xf2\x02\n\x18GetTransferStatsResponse\x12\x13\n\x0b\x62ytes_total\x18\x01 \x01(\x04\x12\x14\n\x0c\x66rames_total\x18\x02 \x01(\x04\x12\x1b\n\x13transfers_completed\x18\x03 \x01(\x04\x12\x1c\n\x14transfers_recomputed\x18\x04 \x01(\x04\x12\x15\n\rseconds_total\x18\x05 \x01(\x01\x12\x19\n\x11\x63hecksum_failures\x18\x06 \x01(\x04\x12\x10\n\x08timeouts\x18\x07 \x01(\x04\x12-\n\x08outcomes\x18\x08 \x03(\x0b\x32\x1b.pdserve.v1.TransferOutcome\x12\x18\n\x10\x62ytes_sent_total\x18\t \x01(\x04\x12\x19\n\x11\x66rames_sent_total\x18\n \x01(\x04\x12\x17\n\x0fnum_free_blocks\x18\x0b \x01(\x04\x12\x18\n\x10num_total_blocks\x18\x0c \x01(\x04\x12\x15\n\rauth_failures\x18\r \x01(\x04\x32\xfa\x01\n\nKVTransfer\x12\x37\n\x04Push\x12\x13.pdserve.v1.KVFrame\x1a\x18.pdserve.v1.PushResponse(\x01\x12T\n\rAbortTransfer\x12 .pdserve.v1.AbortTransferRequest\x1a!.pdserve.v1.AbortTransferResponse\x12]\n\x10GetTransferStats\x12#.pdserve.v1.GetTransferStatsRequest\x1a$.pdserve.v1.GetTransferStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,21 +32,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pdserve.v1.kv_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_KVFRAMEHEADER']._serialized_start=36
-  _globals['_KVFRAMEHEADER']._serialized_end=290
-  _globals['_KVFRAME']._serialized_start=292
-  _globals['_KVFRAME']._serialized_end=361
-  _globals['_PUSHRESPONSE']._serialized_start=363
-  _globals['_PUSHRESPONSE']._serialized_end=408
-  _globals['_ABORTTRANSFERREQUEST']._serialized_start=410
-  _globals['_ABORTTRANSFERREQUEST']._serialized_end=469
-  _globals['_ABORTTRANSFERRESPONSE']._serialized_start=471
-  _globals['_ABORTTRANSFERRESPONSE']._serialized_end=509
-  _globals['_GETTRANSFERSTATSREQUEST']._serialized_start=511
-  _globals['_GETTRANSFERSTATSREQUEST']._serialized_end=558
-  _globals['_TRANSFEROUTCOME']._serialized_start=560
-  _globals['_TRANSFEROUTCOME']._serialized_end=685
-  _globals['_GETTRANSFERSTATSRESPONSE']._serialized_start=688
-  _globals['_GETTRANSFERSTATSRESPONSE']._serialized_end=1035
-  _globals['_KVTRANSFER']._serialized_start=1038
-  _globals['_KVTRANSFER']._serialized_end=1288
+  _globals['_KVFRAMEHEADER']._serialized_end=324
+  _globals['_KVFRAME']._serialized_start=326
+  _globals['_KVFRAME']._serialized_end=395
+  _globals['_PUSHRESPONSE']._serialized_start=397
+  _globals['_PUSHRESPONSE']._serialized_end=442
+  _globals['_ABORTTRANSFERREQUEST']._serialized_start=444
+  _globals['_ABORTTRANSFERREQUEST']._serialized_end=516
+  _globals['_ABORTTRANSFERRESPONSE']._serialized_start=518
+  _globals['_ABORTTRANSFERRESPONSE']._serialized_end=556
+  _globals['_GETTRANSFERSTATSREQUEST']._serialized_start=558
+  _globals['_GETTRANSFERSTATSREQUEST']._serialized_end=605
+  _globals['_TRANSFEROUTCOME']._serialized_start=607
+  _globals['_TRANSFEROUTCOME']._serialized_end=732
+  _globals['_GETTRANSFERSTATSRESPONSE']._serialized_start=735
+  _globals['_GETTRANSFERSTATSRESPONSE']._serialized_end=1105
+  _globals['_KVTRANSFER']._serialized_start=1108
+  _globals['_KVTRANSFER']._serialized_end=1358
 # @@protoc_insertion_point(module_scope)

@@ -14,15 +14,8 @@ import torch
 
 from workers.kv.assembler import TransferAssembler
 from workers.kv.blocks import as_bytes, block_parts, gather_blocks, runs, write_blocks
-from workers.kv.transport import (
-    KVSenders,
-    KVTransferService,
-    LoopbackSender,
-    OutgoingFrame,
-    ZmqReceiver,
-    ZmqSender,
-    serve_kv_service,
-)
+from workers.kv.service import KVTransferService, serve_kv_service
+from workers.kv.transport import KVSenders, LoopbackSender, OutgoingFrame, ZmqReceiver, ZmqSender
 from workers.kv.wire import checksum, make_header, payload_size
 
 from kvframes import BLOCK, HEADS, LAYERS, WIDTH, assembler_for, cache, fields, frames, wait_finished

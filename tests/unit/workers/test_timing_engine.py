@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import pytest
 
@@ -179,7 +180,9 @@ def test_the_worker_builds_a_timing_engine(tmp_path, make_profile):
     path = tmp_path / "p.yaml"
     make_profile().save(path)
     config = PdserveConfig.model_validate({"engine": {"kind": "timing", "profile": str(path)}})
-    assert isinstance(build_engine(config, "unused", "decode", "w1"), TimingEngine)
+    assert isinstance(build_engine(config, "unused", "decode", "w1", kv_secret=b"k" * 32), TimingEngine)
+    with pytest.raises(ValueError, match="needs the cluster's KV secret"):  # kv.auth defaults to hmac
+        build_engine(config, "unused", "decode", "w1")
 
 
 # ---- tokens ---------------------------------------------------------------------------------------------
@@ -369,3 +372,33 @@ def test_tokenizer_delimiters_vocabulary_and_special_tokens():
     words = tokenizer.decode([FIRST_WORD_ID, 4000, EOS_ID])
     assert words.startswith(" ") and len(words.split()) == 2  # EOS is special: not in the text
     assert tokenizer.decode([0xE2, 0x9C]).endswith("\ufffd")  # an incomplete character, held back by the gateway
+
+
+@pytest.mark.parametrize("transport", ["zmq", "grpc"])
+async def test_signed_kv_is_taken_and_kv_signed_with_another_key_is_refused_and_counted(make_engine, make_profile,
+                                                                                       transport):
+    profile = make_profile()
+    secret = b"s" * 32
+    prefill = await make_engine(profile=profile, kv={"auth": "hmac", "secret": secret})
+    rogue = await make_engine(profile=profile, kv={"auth": "hmac", "secret": b"r" * 32})
+    decode = await make_engine(profile=profile, kv={"auth": "hmac", "secret": secret, "timeout_s": 0.5})
+    first, outputs = await handoff(prefill, decode, transport, f"t-signed-{transport}")
+    assert outputs[0][1].kv.complete and decode.kv_counters()["auth_failures"] == 0
+    _, forged = await handoff(rogue, decode, transport, f"t-rogue-{transport}")
+    assert not forged[0][1].kv.complete and "timeout" in forged[0][1].kv.failure  # recomputed, never written
+    assert decode.kv_counters()["auth_failures"] == profile.num_kv_layers
+
+
+async def test_a_stalled_push_arrives_late_and_is_still_used(make_engine, make_profile):
+    profile = make_profile()
+    prefill = await make_engine(profile=profile, kv=True)
+    decode = await make_engine(profile=profile, kv=True)
+    endpoint = decode.info.kv_endpoint("zmq")
+    started = time.monotonic()
+    kv_push = KVPush("t-stall", endpoint, len(PROMPT), decode.info.kv_control_endpoint, fault="stall", stall_s=1.0)
+    first = tokens(await run(prefill, request("t-stall-p", max_tokens=1, kv_push=kv_push)))
+    assert time.monotonic() - started < 1.0  # the prefill engine was not held
+    receive = request("t-stall-d", prompt=tuple(PROMPT) + tuple(first), max_tokens=6, num_original_prompt_tokens=len(PROMPT),
+                      kv_receive=KVReceive("t-stall", len(PROMPT)))
+    outputs = await run(decode, receive)
+    assert outputs[0][1].kv.complete and time.monotonic() - started >= 1.0
