@@ -165,7 +165,7 @@ class ServingCluster:
         try:
             controller = ray.remote(ClusterController).options(
                 name=f"{CONTROLLER_NAME}-{uuid.uuid4().hex[:6]}", namespace=NAMESPACE, num_cpus=0, max_concurrency=1000, get_if_exists=False,
-            ).remote(config.model_dump(mode="json"), model_dir)
+            ).remote(config.model_dump(mode="json"), model_dir, _kv_secret(config))
             await _start_controller(controller)
             tokenizer = PromptTokenizer(model_dir, config.model.think_start, config.model.think_end) \
                 if config.engine.kind == "vllm" else _timing_tokenizer(config)
@@ -181,6 +181,16 @@ class ServingCluster:
         await self.servers.stop()
         await self.gateway.stop()
         await _teardown(self.controller, self.owns_ray)
+
+
+def _kv_secret(config: PdserveConfig) -> bytes:
+    """The cluster's KV secret (`kv.auth_key_file`, or 32 fresh random bytes): the workers get it over Ray."""
+    from workers.kv.auth import make_secret
+
+    try:
+        return make_secret(config.kv.auth_key_file)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
 
 
 async def _start_controller(controller: Any) -> None:

@@ -72,8 +72,13 @@ class WorkerRecord:
 class ClusterController:
     """The body of the controller actor (see the module docstring)."""
 
-    def __init__(self, config: dict[str, Any], model_dir: str) -> None:
+    def __init__(self, config: dict[str, Any], model_dir: str, kv_secret: bytes | None = None) -> None:
+        """`kv_secret`: the cluster's KV secret, handed to every worker (`workers.kv.auth`); None: one is made
+        here (unit tests; the actor is always given the gateway's, and Ray gives a restart the same)."""
+        from workers.kv.auth import make_secret
+
         self.config = PdserveConfig.model_validate(config)
+        self._kv_secret = kv_secret or make_secret(self.config.kv.auth_key_file)
         self.model_dir = model_dir
         self.workers: dict[str, WorkerRecord] = {}
         self.desired: dict[str, int] = {}
@@ -229,7 +234,8 @@ class ClusterController:
             "max_restarts": 0, "lifetime": None,
         }
         handle = ray.remote(Worker).options(**options).remote(
-            worker_id, actual, self.config.model_dump(mode="json"), self.model_dir, cores)
+            worker_id, actual, self.config.model_dump(mode="json"), self.model_dir, cores,
+            kv_secret=self._kv_secret)
         record = WorkerRecord(worker_id, actual, handle, cores=cores)
         self.workers[worker_id] = record
         return record

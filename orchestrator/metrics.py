@@ -12,6 +12,8 @@ KV transfer (observed at the receiver, reported with each request's first decode
 - `pdserve_kv_transfer_bytes_total`, `pdserve_kv_transfer_seconds` (first to last frame).
 - `pdserve_kv_recompute_total{cause}`: transfers that failed (checksum, timeout, aborted, prefill
   worker lost) and were recomputed by the decode worker.
+- `pdserve_kv_auth_failures_total`: KV frames and aborts the decode workers refused for a missing or
+  wrong MAC (`kv.auth`; from the workers' stats, at most 0.2 s old).
 Resilience: `pdserve_migrations_total`: requests moved to another decode worker mid-stream;
 `pdserve_workers{tier,state}`: workers per pool and state (`starting`, `ready`, `draining`, `stopping`, `failed`:
 failed in the last 5 minutes) as of the gateway's last snapshot (at most 0.2 s old);
@@ -43,6 +45,8 @@ kv_transfer_seconds = Histogram("pdserve_kv_transfer_seconds", "KV transfer time
                                 buckets=TRANSFER_BUCKETS_S)
 kv_recompute_total = Counter("pdserve_kv_recompute_total",
                              "KV transfers that failed and were recomputed on the decode worker.", ["cause"])
+kv_auth_failures_total = Counter("pdserve_kv_auth_failures_total",
+                                 "KV frames and aborts refused for a missing or wrong MAC (kv.auth).")
 migrations_total = Counter("pdserve_migrations_total", "Requests moved to another decode worker mid-stream.")
 workers = Gauge("pdserve_workers", "Workers per pool and state (failed: in the last 5 minutes).", ["tier", "state"])
 worker_failures_total = Counter("pdserve_worker_failures_total", "Workers declared failed, per pool.", ["tier"])

@@ -37,6 +37,7 @@ from orchestrator import tracing
 from orchestrator.api.pb import kv_pb2, kv_pb2_grpc
 from orchestrator.config import PdserveConfig
 from workers.engine.base import BaseEngine, EngineInfo, EngineOutput, EngineRequest, EngineStats
+from workers.kv.faults import STALL_PAST_TIMEOUT_S, KVFaultPlan
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class WorkerStats:
     kv_transfers_completed: int
     kv_transfers_recomputed: int
     kv_transfer_seconds: float
+    kv_auth_failures: int = 0  # KV frames and aborts its receivers refused for a missing or wrong MAC
     healthy: bool = True  # the engine's health, not the actor's: its processes live and its steps advance
     health_error: str = ""  # why not
 
@@ -124,12 +126,17 @@ def kv_host(configured: str) -> str:
     return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
 
 
-def build_engine(config: PdserveConfig, model_dir: str, tier: str, worker_id: str) -> BaseEngine:
-    """The engine `config.engine.kind` names, set up for `tier`."""
+def build_engine(config: PdserveConfig, model_dir: str, tier: str, worker_id: str,
+                 kv_secret: bytes | None = None) -> BaseEngine:
+    """The engine `config.engine.kind` names, set up for `tier`. `kv_secret`: the cluster's KV secret
+    (`kv.auth` other than `none`; raises ValueError without it)."""
     kv = None
     if tier != "colocated":
+        if config.kv.auth != "none" and not kv_secret:
+            raise ValueError(f"kv.auth={config.kv.auth} needs the cluster's KV secret (the controller passes it)")
         kv = {"transport": config.kv.transport, "host": kv_host(config.kv.host), "timeout_s": config.kv.timeout_s,
-              "max_stash_bytes": config.kv.max_stash_mib << 20, "zmq_receiver": config.kv.zmq_receiver}
+              "max_stash_bytes": config.kv.max_stash_mib << 20, "zmq_receiver": config.kv.zmq_receiver,
+              "auth": config.kv.auth, "secret": kv_secret}
     if config.engine.kind == "timing":
         from workers.engine.timing import TimingEngine
 
@@ -143,14 +150,15 @@ class Worker:
     """The body of a worker actor (usable without Ray in tests)."""
 
     def __init__(self, worker_id: str, tier: str, config: dict[str, Any], model_dir: str,
-                 cpu_cores: str | None = None) -> None:
+                 cpu_cores: str | None = None, kv_secret: bytes | None = None) -> None:
+        """`kv_secret`: the cluster's KV secret (see `workers.kv.auth`), kept out of `config`."""
         if cpu_cores is not None:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_cores
         self.worker_id = worker_id
         self.tier = tier
         self.config = PdserveConfig.model_validate(config)
         tracing.setup_from_config(f"pdserve-{tier}", self.config.tracing)
-        self.engine = build_engine(self.config, model_dir, tier, worker_id)
+        self.engine = build_engine(self.config, model_dir, tier, worker_id, kv_secret)
         self.info: EngineInfo | None = None
         self.draining = False
         self._in_flight: set[str] = set()
@@ -159,7 +167,7 @@ class Worker:
         self._idle.set()
         self._channels: dict[str, Any] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._faults: list[str] = []
+        self._faults = KVFaultPlan(default_stall_s=self.config.kv.timeout_s + STALL_PAST_TIMEOUT_S)
         self._aborted: OrderedDict[str, None] = OrderedDict()  # aborts that may have come before their request
 
     # ---- life cycle ------------------------------------------------------------------------------
@@ -192,17 +200,23 @@ class Worker:
 
     # ---- serving ---------------------------------------------------------------------------------
 
-    def inject_kv_fault(self, kind: str, count: int = 1) -> None:
-        """Chaos testing: the next `count` pushes of this worker `corrupt` one frame or `drop` the transfer."""
-        if kind not in ("corrupt", "drop"):
-            raise ValueError(f"unknown KV fault {kind!r}: use corrupt or drop")
-        self._faults.extend([kind] * count)
+    def inject_kv_fault(self, kind: str, count: int = 1, every: int = 1, stall_s: float | None = None) -> None:
+        """Chaos testing (`workers.kv.faults`): the next `count` pushes of this worker, or with `every=N`
+        every Nth push until `clear_kv_faults()`, `corrupt` one frame, `drop` the transfer, or `stall` it
+        (frames held `stall_s` seconds on the sender thread; default kv.timeout_s + 5). Raises ValueError
+        for a bad kind or numbers."""
+        self._faults.inject(kind, count, every, stall_s)
+
+    def clear_kv_faults(self) -> None:
+        """Chaos testing: disarm every injected KV fault."""
+        self._faults.clear()
 
     async def prefill(self, request: EngineRequest) -> PrefillResult:
         """Compute the prompt, push its KV, return the first token. Raises WorkerDraining when draining."""
         self._admit(request.request_id)
-        if request.kv_push is not None and self._faults:
-            request = replace(request, kv_push=replace(request.kv_push, fault=self._faults.pop(0)))
+        fault = self._faults.next_push() if request.kv_push is not None else None
+        if fault is not None:
+            request = replace(request, kv_push=replace(request.kv_push, fault=fault.kind, stall_s=fault.stall_s))
         started = time.monotonic()
         first, reason, cached = None, None, 0
         try:
@@ -271,6 +285,7 @@ class Worker:
             kv_transfers_completed=int(counters.get("transfers_completed", 0)),
             kv_transfers_recomputed=int(counters.get("transfers_recomputed", 0)),
             kv_transfer_seconds=float(counters.get("seconds_total", 0.0)),
+            kv_auth_failures=int(counters.get("auth_failures", 0)),
             healthy=health.alive, health_error=health.reason)
 
     # ---- internals -------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ class Gateway(BaseGateway):
         self._report = GatewayReport()
         self._reporter: asyncio.Task | None = None
         self._failures_seen: set[str] = set()
+        self._auth_failures_seen: dict[str, int] = {}  # worker -> its kv_auth_failures already counted
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -151,6 +152,11 @@ class Gateway(BaseGateway):
     def _sample_transfers(self) -> None:
         now = self.clock()
         stats = [v.stats for v in self._views.values() if v.stats is not None]
+        for s in stats:
+            seen = self._auth_failures_seen.get(s.worker_id, 0)
+            if s.kv_auth_failures > seen:
+                metrics.kv_auth_failures_total.inc(s.kv_auth_failures - seen)
+            self._auth_failures_seen[s.worker_id] = s.kv_auth_failures
         self._transfer_samples.append((now, sum(s.kv_received_bytes for s in stats),
                                        sum(s.kv_transfer_seconds for s in stats)))
         while len(self._transfer_samples) > 2 and now - self._transfer_samples[0][0] > TRANSFER_RATE_WINDOW_S:

@@ -5,12 +5,14 @@
          {"id", "tier", "state" (starting | ready | draining | stopping | failed), "healthy", "error", "num_running", "num_waiting", "kv_usage", "num_free_blocks",
           "num_total_blocks", "kv_endpoint", "kv_endpoints", "num_handoffs", "block_size",
           "kv_bytes_per_token", "max_model_len", "dtype"}]}},
-     "transfers": {"recent_gb_per_s", "transfer_gb_per_s", "bytes_total", "num_completed", "num_recomputed"},
+     "transfers": {"recent_gb_per_s", "transfer_gb_per_s", "bytes_total", "num_completed", "num_recomputed",
+                   "auth_failures"},
      "requests": {"in_flight", "queued", "total"},
      "planner": {"enabled", "prefill_replicas", "decode_replicas", "last_reasons"}}
 
 `recent_gb_per_s`: KV bytes received per wall-clock second over the last 30 s; `transfer_gb_per_s`:
-bytes per second of transfer time (first to last frame), since start. Pure: built from the gateway's view.
+bytes per second of transfer time (first to last frame), since start; `auth_failures`: KV frames and
+aborts the decode workers refused for a missing or wrong MAC (`kv.auth`), since each worker started. Pure: built from the gateway's view.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def status_document(gateway: Gateway, desired: dict[str, int], planner: dict[str
             "bytes_total": received,
             "num_completed": sum(s.kv_transfers_completed for s in stats),
             "num_recomputed": sum(s.kv_transfers_recomputed for s in stats),
+            "auth_failures": sum(s.kv_auth_failures for s in stats),
         },
         "requests": {"in_flight": gateway.num_in_flight, "queued": gateway.queue.depth, "total": gateway.num_requests},
         "planner": {"enabled": gateway.config.planner.enabled, **planner},
