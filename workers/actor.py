@@ -134,9 +134,12 @@ def build_engine(config: PdserveConfig, model_dir: str, tier: str, worker_id: st
     if tier != "colocated":
         if config.kv.auth != "none" and not kv_secret:
             raise ValueError(f"kv.auth={config.kv.auth} needs the cluster's KV secret (the controller passes it)")
-        kv = {"transport": config.kv.transport, "host": kv_host(config.kv.host), "timeout_s": config.kv.timeout_s,
+        from workers.kv.auth import resolve_mode
+
+        host = kv_host(config.kv.host)
+        kv = {"transport": config.kv.transport, "host": host, "timeout_s": config.kv.timeout_s,
               "max_stash_bytes": config.kv.max_stash_mib << 20, "zmq_receiver": config.kv.zmq_receiver,
-              "auth": config.kv.auth, "secret": kv_secret}
+              "auth": resolve_mode(config.kv.auth, host), "secret": kv_secret}
     if config.engine.kind == "timing":
         from workers.engine.timing import TimingEngine
 

@@ -100,9 +100,10 @@ class KVTransferConfig(ConfigModel):
         1024, ge=1, le=1 << 20, description="Host memory a decode worker holds for KV frames that arrive before their "
         "request (the prompt's KV during its prefill); beyond it the oldest are dropped and those prompts recomputed."
     )
-    auth: Literal["hmac", "header", "none"] = Field(
-        "hmac", description="Who may write into a decode worker's KV cache (or abort its transfers): every frame carries "
-        "an HMAC-SHA256 under a per-transfer key from the cluster's KV secret. `hmac`: over the header and the payload. "
+    auth: Literal["auto", "hmac", "header", "none"] = Field(
+        "auto", description="Who may write into a decode worker's KV cache (or abort its transfers): every frame carries "
+        "an HMAC-SHA256 under a per-transfer key from the cluster's KV secret. `auto`: `hmac` when the KV endpoints are "
+        "on a network address, `header` on loopback (one machine). `hmac`: over the header and the payload. "
         "`header`: over the header only, which binds the payload's xxh3 checksum (cheaper; stops off-path senders, not an "
         "on-path attacker). `none`: a trusted network. KV crosses the wire in clear either way."
     )

@@ -4,7 +4,10 @@ The KV receivers listen on ports any process on the network can reach. Every fra
 MAC (HMAC-SHA256, `hmac`/`hashlib` only) under a key derived per transfer from the cluster's KV secret:
 the gateway makes 32 random bytes at startup (or reads `kv.auth_key_file`) and hands them to the
 workers over Ray, never in the config, the logs or the status document. Modes (`kv.auth`):
-- `hmac` (default): `mac` over the header and `payload_mac` over the payload (bound by `mac`);
+- `auto` (default): `hmac` when the worker's KV endpoints are on a network address, `header` on loopback
+  (the embedded one-machine cluster: there only root is on the path, and root reads the KV in memory anyway;
+  `hmac` would cost the loopback KV rate most of its speed); resolved per worker by `resolve_mode`;
+- `hmac`: `mac` over the header and `payload_mac` over the payload (bound by `mac`);
 - `header`: `mac` over the header only, which binds the payload through its xxh3 checksum: stops
   off-path senders, not an on-path attacker able to craft xxh3 collisions;
 - `none`: a trusted network; nothing is signed or checked.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 import threading
@@ -40,7 +44,7 @@ from workers.kv.wire import Header, Payload, checksum, payload_parts
 
 log = logging.getLogger(__name__)
 
-MODES = ("hmac", "header", "none")
+MODES = ("hmac", "header", "none")  # what a worker runs; `kv.auth: auto` resolves to one (resolve_mode)
 SECRET_BYTES = 32
 MIN_KEY_FILE_BYTES = 16
 LOG_INTERVAL_S = 60.0
@@ -66,6 +70,19 @@ def make_secret(key_file: Path | str | None = None) -> bytes:
         raise ValueError(f"kv.auth_key_file {str(key_file)!r} holds {len(secret)} bytes; a KV key needs at least "
                          f"{MIN_KEY_FILE_BYTES} (make one with: head -c 32 /dev/urandom > FILE)")
     return secret
+
+
+def resolve_mode(configured: str, kv_host: str) -> str:
+    """`kv.auth` made concrete for a worker whose KV receivers are on `kv_host`: `auto` is `header` on a
+    loopback address (or `localhost`) and `hmac` on any other; the other modes stay as they are. Every
+    worker of a cluster resolves alike: a loopback endpoint is reachable only from its own machine."""
+    if configured != "auto":
+        return configured
+    try:
+        loopback = ipaddress.ip_address(kv_host).is_loopback
+    except ValueError:
+        loopback = kv_host == "localhost"
+    return "header" if loopback else "hmac"
 
 
 class KVAuth:

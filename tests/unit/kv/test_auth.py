@@ -14,7 +14,7 @@ import zmq
 
 from orchestrator.api.pb import kv_pb2, kv_pb2_grpc
 from workers.kv.assembler import TransferAssembler
-from workers.kv.auth import KVAuth, make_secret, peer_host
+from workers.kv.auth import KVAuth, make_secret, peer_host, resolve_mode
 from workers.kv.blocks import locate_blocks, write_blocks
 from workers.kv.service import KVTransferService, serve_kv_service
 from workers.kv.transport import KVSenders, ZmqReceiver
@@ -225,3 +225,22 @@ def test_modes_secrets_and_peers_are_checked(tmp_path):
     assert make_secret(tmp_path / "key") == b"k" * 32
     assert peer_host("ipv4:10.0.0.2:5555") == "10.0.0.2" and peer_host(("10.0.0.3", 1)) == "10.0.0.3"
     assert peer_host("ipv6:[::1]:80") == "::1" and peer_host("10.0.0.4") == "10.0.0.4"
+
+
+@pytest.mark.parametrize("configured, host, mode", [
+    ("auto", "127.0.0.1", "header"), ("auto", "::1", "header"), ("auto", "localhost", "header"),
+    ("auto", "10.88.0.3", "hmac"), ("auto", "kv-decode-0.pdserve.svc", "hmac"),
+    ("hmac", "127.0.0.1", "hmac"), ("header", "10.0.0.3", "header"), ("none", "10.0.0.3", "none")])
+def test_auto_signs_payloads_across_hosts_and_headers_on_loopback(configured, host, mode):
+    assert resolve_mode(configured, host) == mode
+
+
+def test_a_worker_resolves_auto_from_its_kv_host():
+    from orchestrator.config import PdserveConfig
+    from workers.actor import build_engine
+
+    for host, mode in (("127.0.0.1", "header"), ("10.88.0.3", "hmac")):
+        config = PdserveConfig.model_validate({"engine": {"kind": "timing", "profile": "p.yaml"}, "kv": {"host": host}})
+        assert config.kv.auth == "auto"
+        engine = build_engine(config, "model", "decode", "decode-0", make_secret())
+        assert engine._kv["auth"] == mode, engine._kv
