@@ -13,7 +13,14 @@ Life of a cluster (what `pdserve up` runs, and what the integration tests share 
 3. The controller actor starts the pools (`ClusterController.start`).
 4. The gateway (tokenizer, router, budgets) and both API servers start on the caller's event loop.
 `stop()` undoes it in reverse: servers (in-flight requests get `server.shutdown_grace_s`), gateway,
-controller (stops every worker and its engine process), Ray (when embedded).
+controller (stops every worker and its engine process; the workers its checkpoint still lists, should it
+have been down, are stopped from here), Ray (when embedded).
+
+The controller is owned by this process and restarted by Ray when it dies alone; the workers are detached
+(`orchestrator.recovery`). Should this process die without stopping (SIGKILL): an embedded Ray dies with
+it (its reaper stops every process it started, the workers and their engines among them); in a joined
+cluster the controller dies with its owner, and each worker stops itself once the controller's name has
+been gone for `workers.actor.ORPHAN_GRACE_S`.
 """
 
 from __future__ import annotations
@@ -144,6 +151,7 @@ class ServingCluster:
     gateway: Any
     servers: Any
     owns_ray: bool
+    controller_name: str  # its actor's name in namespace `pdserve`, and its checkpoint's key
 
     @classmethod
     async def start(cls, config: PdserveConfig, model_dir: str, *, log_to_driver: bool = False,
@@ -151,7 +159,7 @@ class ServingCluster:
         """Start everything (see the module docstring). Raises StartupError, leaving nothing running."""
         import ray
 
-        from orchestrator.controller import CONTROLLER_NAME, NAMESPACE, ClusterController
+        from orchestrator.controller import CONTROLLER_NAME, NAMESPACE, ControllerActor
         from orchestrator.gateway.service import Gateway
         from orchestrator.gateway.text import PromptTokenizer
 
@@ -161,11 +169,11 @@ class ServingCluster:
         server = config.server
         check_ports_free(server.host, {"--grpc-port": server.grpc_port, "--http-port": server.http_port})
         owns_ray = start_ray(config, log_to_driver=log_to_driver)
-        controller = None
+        controller, name = None, f"{CONTROLLER_NAME}-{uuid.uuid4().hex[:6]}"
         try:
-            controller = ray.remote(ClusterController).options(
-                name=f"{CONTROLLER_NAME}-{uuid.uuid4().hex[:6]}", namespace=NAMESPACE, num_cpus=0, max_concurrency=1000, get_if_exists=False,
-            ).remote(config.model_dump(mode="json"), model_dir, _kv_secret(config))
+            controller = ray.remote(ControllerActor).options(
+                name=name, namespace=NAMESPACE, num_cpus=0, max_concurrency=1000, get_if_exists=False, max_restarts=-1,
+            ).remote(config.model_dump(mode="json"), model_dir, name, _kv_secret(config))
             await _start_controller(controller)
             tokenizer = PromptTokenizer(model_dir, config.model.think_start, config.model.think_end) \
                 if config.engine.kind == "vllm" else _timing_tokenizer(config)
@@ -173,14 +181,14 @@ class ServingCluster:
             await gateway.start()
             servers = await _start_servers(gateway, config, api_keys)
         except BaseException:
-            await _teardown(controller, owns_ray)
+            await _teardown(controller, name, owns_ray)
             raise
-        return cls(config, controller, gateway, servers, owns_ray)
+        return cls(config, controller, gateway, servers, owns_ray, name)
 
     async def stop(self) -> None:
         await self.servers.stop()
         await self.gateway.stop()
-        await _teardown(self.controller, self.owns_ray)
+        await _teardown(self.controller, self.controller_name, self.owns_ray)
 
 
 def _kv_secret(config: PdserveConfig) -> bytes:
@@ -227,14 +235,20 @@ def _timing_tokenizer(config: PdserveConfig) -> Any:
     return TimingTokenizer(config.model)
 
 
-async def _teardown(controller: Any, owns_ray: bool) -> None:
+async def _teardown(controller: Any, name: str, owns_ray: bool) -> None:
     import ray
+
+    from orchestrator.recovery import stop_leftovers
 
     if controller is not None:
         try:
             await asyncio.wait_for(controller.shutdown.remote(), 60.0)
-        except Exception as exc:  # already gone, or stuck: Ray's shutdown below takes the processes
+        except Exception as exc:  # down or stuck: the workers it left are stopped below
             log.warning("controller shutdown: %s", exc)
+        try:
+            await stop_leftovers(name)
+        except Exception as exc:  # Ray itself is going: its shutdown below takes the processes
+            log.warning("stopping the controller's workers: %s", exc)
         ray.kill(controller, no_restart=True)
     if owns_ray:
         ray.shutdown()

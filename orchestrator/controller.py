@@ -16,6 +16,10 @@ Life of the controller (`pdserve up` creates one, named `pdserve-controller` in 
    they hold (a prefill worker until its KV is acknowledged), and only then are stopped.
 4. `snapshot()` is what the gateway routes on: every worker with its actor handle, state and load.
 5. `shutdown()` drains nothing: it stops every worker (the API servers stopped first).
+
+The workers are detached actors, so the controller's death kills none of them; Ray restarts the
+controller (`ControllerActor`), which rebuilds its state from its checkpoint and the live workers
+(`orchestrator.recovery`) before it serves a call, then resumes 2. and 3.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 
 import ray
 
+from orchestrator import recovery
 from orchestrator.config import PdserveConfig
 from orchestrator.errors import StartupError
 
@@ -40,6 +45,7 @@ CONTROLLER_NAME = "pdserve-controller"  # + a suffix: several clusters may share
 NAMESPACE = "pdserve"
 HEALTH_INTERVAL_S = 0.5
 STATS_TIMEOUT_S = 10.0
+RETRIES = 10  # read-only and idempotent calls in flight when the controller dies run again on its restart
 HEALTH_CALL_TIMEOUT_S = 2.0  # one health check; a worker fails after pools.health_timeout_s of these unanswered
 KILL_GRACE_S = 5.0  # a failed worker's shutdown (stops its engine processes) before its actor is killed
 FAILED_SHOWN_S = 300.0
@@ -72,14 +78,19 @@ class WorkerRecord:
 class ClusterController:
     """The body of the controller actor (see the module docstring)."""
 
-    def __init__(self, config: dict[str, Any], model_dir: str, kv_secret: bytes | None = None) -> None:
-        """`kv_secret`: the cluster's KV secret, handed to every worker (`workers.kv.auth`); None: one is made
+    def __init__(self, config: dict[str, Any], model_dir: str, name: str = "", kv_secret: bytes | None = None) -> None:
+        """`name`: the controller actor's name, the key of its checkpoint ("": none is kept, as in unit tests).
+        `kv_secret`: the cluster's KV secret, handed to every worker (`workers.kv.auth`); None: one is made
         here (unit tests; the actor is always given the gateway's, and Ray gives a restart the same)."""
         from workers.kv.auth import make_secret
 
         self.config = PdserveConfig.model_validate(config)
         self._kv_secret = kv_secret or make_secret(self.config.kv.auth_key_file)
         self.model_dir = model_dir
+        self.name = name
+        self.restarts = 0
+        self.last_recovery: dict[str, Any] = {}
+        self._actors: dict[str, str] = {}  # worker actors created and not yet killed: id -> tier (checkpointed)
         self.workers: dict[str, WorkerRecord] = {}
         self.desired: dict[str, int] = {}
         self._next_core = 0
@@ -99,15 +110,67 @@ class ClusterController:
             self.desired = {"prefill": 0, "decode": pools.num_decode}
         else:
             self.desired = {"prefill": pools.num_prefill, "decode": pools.num_decode}
+        self._checkpoint()
         records = [self._create(tier) for tier in TIERS for _ in range(self.desired[tier])]
         await asyncio.gather(*(self._start_worker(r) for r in records))
         failed = [r for r in records if r.state == "failed"]
         if failed:
             raise StartupError("workers failed to start:\n" + "\n".join(f"  {r.worker_id}: {r.error}" for r in failed))
+        self._resume()
+        return self.replicas()
+
+    def _resume(self) -> None:
         self._health_task = asyncio.create_task(self._health_loop(), name="pdserve-health")
         if self.config.planner.enabled:
             self._start_autoscaler()
-        return self.replicas()
+
+    async def recover(self) -> bool:
+        """Take over after a restart (see `orchestrator.recovery`); False when there is nothing to take
+        over (no checkpoint: this is the first start)."""
+        started = time.monotonic()
+        checkpoint = recovery.load_checkpoint(self.name) if self.name else None
+        if checkpoint is None:
+            return False
+        self.desired, self._actors = checkpoint.desired, dict(checkpoint.workers)
+        self.restarts = checkpoint.restarts + 1
+        self._checkpoint()
+        steps = recovery.plan_recovery(await recovery.find_workers(checkpoint))
+        for step in steps:
+            self._apply_step(step)
+        self._resume()
+        actions = [s.action for s in steps]
+        self.last_recovery = {"took_s": round(time.monotonic() - started, 3), "at": time.time(),
+                              **{action: actions.count(action) for action in ("serve", "start", "retire", "fail")}}
+        log.warning("controller %s restarted (restart %d): took over %s", self.name, self.restarts, self.last_recovery)
+        return True
+
+    def _apply_step(self, step: recovery.Step) -> None:
+        found = step.found
+        if found.handle is None:  # no actor left: nothing to stop
+            self._actors.pop(found.worker_id, None)
+            self._checkpoint()
+            return
+        described = found.described or {}
+        record = WorkerRecord(found.worker_id, found.tier, found.handle, info=described.get("info"),
+                              stats=described.get("stats"), cores=described.get("cpu_cores"))
+        self.workers[record.worker_id] = record
+        if step.action == "serve":
+            record.state = "ready"
+        elif step.action == "start":
+            self._spawn(self._start_worker(record))
+        elif step.action == "retire":
+            self._spawn(self._retire(record))
+        else:
+            self._fail(record, step.reason)
+
+    @ray.method(max_task_retries=RETRIES)
+    def recovery_state(self) -> dict[str, Any]:
+        """How often this controller was restarted, and what its last takeover found."""
+        return {"controller_restarts": self.restarts, "last_recovery": self.last_recovery}
+
+    def _checkpoint(self) -> None:
+        if self.name:
+            recovery.save_checkpoint(self.name, recovery.Checkpoint(self.desired, self._actors, self.restarts))
 
     def _start_autoscaler(self) -> None:
         from orchestrator.autoscaler import Autoscaler
@@ -137,15 +200,19 @@ class ClusterController:
             self._health_task.cancel()
         await asyncio.gather(*(self._stop_worker(r) for r in list(self.workers.values())), return_exceptions=True)
         self.workers.clear()
+        if self.name:
+            await recovery.stop_leftovers(self.name)  # failed workers still being stopped, if any
 
     # ---- queries ---------------------------------------------------------------------------------
 
+    @ray.method(max_task_retries=RETRIES)
     def snapshot(self) -> list[dict[str, Any]]:
         """Every worker (starting, ready, draining), then those that failed in the last FAILED_SHOWN_S."""
         now = time.monotonic()
         recent = [r for r in self._failed if now - r.failed_s < FAILED_SHOWN_S and r.worker_id not in self.workers]
         return [r.view() for r in self.workers.values()] + [r.view() for r in recent]
 
+    @ray.method(max_task_retries=RETRIES)
     def replicas(self) -> dict[str, int]:
         """Ready, non-draining workers per tier (colocated workers count as decode)."""
         counts = dict.fromkeys(TIERS, 0)
@@ -154,18 +221,22 @@ class ClusterController:
                 counts[_pool(record.tier)] += 1
         return counts
 
+    @ray.method(max_task_retries=RETRIES)
     def desired_replicas(self) -> dict[str, int]:
         return dict(self.desired)
 
+    @ray.method(max_task_retries=RETRIES)
     def planner_state(self) -> dict[str, Any]:
         """The planner's last decision (empty while autoscaling is off)."""
         return self._planner.state() if self._planner is not None else {}
 
+    @ray.method(max_task_retries=RETRIES)
     def config_dict(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
 
     # ---- scaling ---------------------------------------------------------------------------------
 
+    @ray.method(max_task_retries=RETRIES)
     async def scale_to(self, tier: str, num_workers: int) -> None:
         """Grow or shrink pool `tier` to `num_workers` (see the module docstring); returns at once,
         the starts and drains go on in the background. Raises ValueError on a bad tier or count."""
@@ -174,6 +245,7 @@ class ClusterController:
         if tier == "prefill" and self.config.pools.colocated and num_workers:
             raise ValueError("a colocated cluster has no prefill pool")
         self.desired[tier] = num_workers
+        self._checkpoint()
         self._reconcile(tier)
 
     def _reconcile(self, tier: str) -> None:
@@ -204,6 +276,7 @@ class ClusterController:
             return False
         pool = _pool(record.tier)
         self.desired[pool] = max(self.desired[pool] - 1, 0)
+        self._checkpoint()
         await self._retire(record)
         return True
 
@@ -231,10 +304,12 @@ class ClusterController:
         options: dict[str, Any] = {
             "name": worker_id, "namespace": NAMESPACE, "num_cpus": pools.cpus_per_worker,
             "num_gpus": pools.gpus_per_worker, "resources": {tier: 1}, "max_concurrency": 10_000,
-            "max_restarts": 0, "lifetime": None,
+            "max_restarts": 0, "lifetime": "detached",  # outlives the controller: see orchestrator.recovery
         }
+        self._actors[worker_id] = actual
+        self._checkpoint()  # before the actor exists: a restarted controller never misses one
         handle = ray.remote(Worker).options(**options).remote(
-            worker_id, actual, self.config.model_dump(mode="json"), self.model_dir, cores,
+            worker_id, actual, self.config.model_dump(mode="json"), self.model_dir, cores, controller=self.name,
             kv_secret=self._kv_secret)
         record = WorkerRecord(worker_id, actual, handle, cores=cores)
         self.workers[worker_id] = record
@@ -279,6 +354,8 @@ class ClusterController:
         except Exception as exc:  # already dead: nothing to stop
             log.debug("worker %s shutdown: %s", record.worker_id, _reason(exc))
         ray.kill(record.handle, no_restart=True)
+        if self._actors.pop(record.worker_id, None) is not None:
+            self._checkpoint()
         if not keep_record:
             self.workers.pop(record.worker_id, None)
 
@@ -332,6 +409,20 @@ class ClusterController:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class ControllerActor(ClusterController):
+    """The Ray actor (`max_restarts=-1`). Ray runs its constructor again, with the same arguments, after
+    the controller process died: it then takes over from the checkpoint and the live workers before it
+    serves any call (`recover`); on a first start it waits for `start()`."""
+
+    async def __init__(self, config: dict[str, Any], model_dir: str, name: str, kv_secret: bytes | None = None) -> None:
+        super().__init__(config, model_dir, name, kv_secret)
+        await self.recover()
+
+    def pid(self) -> int:
+        """The controller's process (for chaos tests: `kill -9` of it)."""
+        return os.getpid()
 
 
 class PoolActuator:

@@ -19,7 +19,8 @@ Resilience: `pdserve_migrations_total`: requests moved to another decode worker 
 failed in the last 5 minutes) as of the gateway's last snapshot (at most 0.2 s old);
 `pdserve_worker_failures_total{tier}`: workers declared failed (actor or engine dead, engine wedged,
 health checks unanswered); `pdserve_degraded_requests_total`: requests a prefill worker served alone
-because no decode worker was ready.
+because no decode worker was ready; `pdserve_controller_restarts_total`: times the controller actor
+died and a restarted one took over (`orchestrator.recovery`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ kv_auth_failures_total = Counter("pdserve_kv_auth_failures_total",
                                  "KV frames and aborts refused for a missing or wrong MAC (kv.auth).")
 migrations_total = Counter("pdserve_migrations_total", "Requests moved to another decode worker mid-stream.")
 workers = Gauge("pdserve_workers", "Workers per pool and state (failed: in the last 5 minutes).", ["tier", "state"])
+controller_restarts_total = Counter("pdserve_controller_restarts_total",
+                                    "Times the controller died and a restarted controller took over its workers.")
 worker_failures_total = Counter("pdserve_worker_failures_total", "Workers declared failed, per pool.", ["tier"])
 degraded_requests_total = Counter("pdserve_degraded_requests_total",
                                   "Requests a prefill worker served alone because no decode worker was ready.")

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 ACK_POLL_S = 0.02
 ACK_GRACE_S = 5.0
+ORPHAN_CHECK_S = 5.0
+ORPHAN_GRACE_S = 15.0  # a controller's name unknown this long: it is dead for good (a restart keeps the name)
 MAX_REMEMBERED_ABORTS = 4096  # beyond the KV timeout, how long a handoff is awaited before it is given up
 
 
@@ -153,8 +155,9 @@ class Worker:
     """The body of a worker actor (usable without Ray in tests)."""
 
     def __init__(self, worker_id: str, tier: str, config: dict[str, Any], model_dir: str,
-                 cpu_cores: str | None = None, kv_secret: bytes | None = None) -> None:
-        """`kv_secret`: the cluster's KV secret (see `workers.kv.auth`), kept out of `config`."""
+                 cpu_cores: str | None = None, controller: str = "", kv_secret: bytes | None = None) -> None:
+        """`controller`: the name of the controller actor that owns this worker ("": none to watch).
+        `kv_secret`: the cluster's KV secret (see `workers.kv.auth`), kept out of `config`."""
         if cpu_cores is not None:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_cores
         self.worker_id = worker_id
@@ -172,14 +175,54 @@ class Worker:
         self._tasks: set[asyncio.Task] = set()
         self._faults = KVFaultPlan(default_stall_s=self.config.kv.timeout_s + STALL_PAST_TIMEOUT_S)
         self._aborted: OrderedDict[str, None] = OrderedDict()  # aborts that may have come before their request
+        self.cpu_cores = cpu_cores
+        self.controller = controller
+        self._starting: asyncio.Future | None = None
+        self._watch: asyncio.Task | None = None
 
     # ---- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> EngineInfo:
+        """Start the engine; idempotent: a second call (a restarted controller's) awaits the same start."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start_engine())
+            if self.controller:
+                self._watch = asyncio.create_task(self._watch_controller(), name="pdserve-watch-controller")
+        return await asyncio.shield(self._starting)
+
+    async def _start_engine(self) -> EngineInfo:
         started = time.monotonic()
         self.info = await self.engine.start()
         log.info("worker %s (%s) ready in %.1f s: %s", self.worker_id, self.tier, time.monotonic() - started, self.info)
         return self.info
+
+    def describe(self) -> dict[str, Any]:
+        """What a restarted controller rebuilds this worker's record from (`orchestrator.recovery`);
+        `info` is None while the engine starts."""
+        return {"worker_id": self.worker_id, "tier": self.tier, "info": self.info, "draining": self.draining,
+                "cpu_cores": self.cpu_cores, "stats": self.stats()}
+
+    async def _watch_controller(self) -> None:
+        """A detached worker outlives its controller's restarts, not the controller: once the controller's
+        name is released for `ORPHAN_GRACE_S` (it died for good with `pdserve up`, which owns it), stop."""
+        import ray
+
+        from orchestrator.controller import NAMESPACE
+
+        gone_since = None
+        while True:
+            await asyncio.sleep(ORPHAN_CHECK_S)
+            try:
+                await asyncio.to_thread(ray.get_actor, self.controller, namespace=NAMESPACE)
+                gone_since = None
+                continue
+            except ValueError:
+                gone_since = gone_since or time.monotonic()
+            if time.monotonic() - gone_since >= ORPHAN_GRACE_S:
+                log.error("worker %s: its controller %s is gone; stopping", self.worker_id, self.controller)
+                await self.shutdown()
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
 
     def ping(self) -> str:
         return self.worker_id

@@ -3,7 +3,9 @@
 It runs on the API servers' event loop (in the `pdserve up` process) and holds:
 - the tokenizer (`text.PromptTokenizer`): prompts become ids once, here;
 - a snapshot of the workers, refreshed from the controller every `refresh_s`, plus its own count of
-  what it dispatched to each worker since (fresher than the workers' stats);
+  what it dispatched to each worker since (fresher than the workers' stats). While the controller is
+  down (it is restarted, `orchestrator.recovery`), requests are routed on the last snapshot: no request
+  calls the controller, and each refresh waits at most `CONTROLLER_CALL_TIMEOUT_S`;
 - the prefix index (which decode worker probably holds which prompt blocks), for `router.pick`;
 - tenant quotas and the dispatch queue (fair order when every decode slot is taken);
 - the requests running now, for `cancel`.
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 PROMPT_CACHE_SIZE = 4096
 REPORT_INTERVAL_S = 1.0
+CONTROLLER_CALL_TIMEOUT_S = 10.0
 TRANSFER_RATE_WINDOW_S = 30.0
 
 
@@ -103,6 +106,7 @@ class Gateway(BaseGateway):
         self._reporter: asyncio.Task | None = None
         self._failures_seen: set[str] = set()
         self._auth_failures_seen: dict[str, int] = {}  # worker -> its kv_auth_failures already counted
+        self.controller_restarts = 0  # as the controller last said
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -122,12 +126,14 @@ class Gateway(BaseGateway):
     async def refresh(self) -> None:
         """Read the controller's snapshot of the workers."""
         try:
-            records = await asyncio.wait_for(self.controller.snapshot.remote(), 10.0)
+            records, recovery = await asyncio.wait_for(asyncio.gather(
+                self.controller.snapshot.remote(), self.controller.recovery_state.remote()), CONTROLLER_CALL_TIMEOUT_S)
             self._controller_error = ""
-        except Exception as exc:  # the controller is gone or stuck: report unready, keep the last view
-            self._controller_error = f"controller unreachable: {exc}"
-            log.warning("gateway: %s", self._controller_error)
+        except Exception as exc:  # the controller is restarting or stuck: keep serving on the last view
+            self._controller_error = f"controller unreachable ({type(exc).__name__}): serving on the last snapshot"
+            log.warning("gateway: %s: %s", self._controller_error, exc)
             return
+        self._observe_controller(recovery["controller_restarts"])
         self._views = {r["worker_id"]: WorkerView(r["worker_id"], r["tier"], r["handle"], r["state"], r["info"], r["stats"],
                                                   r.get("error", ""))
                        for r in records}
@@ -137,6 +143,11 @@ class Gateway(BaseGateway):
             self._prefix.forget(worker_id)
         self._sample_transfers()
         self.queue.poke()
+
+    def _observe_controller(self, restarts: int) -> None:
+        if restarts > self.controller_restarts:
+            metrics.controller_restarts_total.inc(restarts - self.controller_restarts)
+            self.controller_restarts = restarts
 
     def _observe_workers(self) -> None:
         """Set the worker gauges, and count each failed worker once."""
@@ -263,12 +274,13 @@ class Gateway(BaseGateway):
         return [ModelInfo(self.model_id, min(lengths) if lengths else self.config.model.max_model_len)]
 
     def health(self) -> Health:
-        """Ready when every pool has a ready worker, as of the last snapshot (at most `refresh_s` old).
-        The detail says what is not: failed workers with their reasons, pools being refilled, and
-        whether requests are still served meanwhile (a prefill worker standing in for the decode pool)."""
+        """Ready when every pool has a ready worker, as of the last snapshot (at most `refresh_s` old, or
+        the last one before the controller went down: requests are served on it meanwhile). The detail
+        says what is not: failed workers with their reasons, pools being refilled, whether requests are
+        still served meanwhile (a prefill worker standing in for the decode pool), the controller's outage."""
         ready = self._ready_counts()
         needed = ("decode",) if self.config.pools.colocated else ("prefill", "decode")
-        ok = not self._controller_error and all(ready[pool] > 0 for pool in needed)
+        ok = all(ready[pool] > 0 for pool in needed)
         detail: dict[str, Any] = {"pools": ready}
         failed = {v.worker_id: v.error for v in self._views.values() if v.state == "failed"}
         if failed:
@@ -281,7 +293,7 @@ class Gateway(BaseGateway):
             if ready["decode"] == 0 and ready["prefill"] > 0:
                 detail["degraded"] = "no decode worker is ready: prefill workers serve whole requests meanwhile"
         if self._controller_error:
-            detail["error"] = self._controller_error
+            detail["controller"] = self._controller_error
         return Health(ok, detail)
 
     def count_prompt_tokens(self, request: Request) -> int:

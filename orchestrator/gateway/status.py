@@ -8,6 +8,7 @@
      "transfers": {"recent_gb_per_s", "transfer_gb_per_s", "bytes_total", "num_completed", "num_recomputed",
                    "auth_failures"},
      "requests": {"in_flight", "queued", "total"},
+     "controller": {"reachable", "controller_restarts"},
      "planner": {"enabled", "prefill_replicas", "decode_replicas", "last_reasons"}}
 
 `recent_gb_per_s`: KV bytes received per wall-clock second over the last 30 s; `transfer_gb_per_s`:
@@ -81,5 +82,6 @@ def status_document(gateway: Gateway, desired: dict[str, int], planner: dict[str
             "auth_failures": sum(s.kv_auth_failures for s in stats),
         },
         "requests": {"in_flight": gateway.num_in_flight, "queued": gateway.queue.depth, "total": gateway.num_requests},
+        "controller": {"reachable": "controller" not in health.detail, "controller_restarts": gateway.controller_restarts},
         "planner": {"enabled": gateway.config.planner.enabled, **planner},
     }

@@ -113,6 +113,10 @@ def summary_lines(document: Any) -> list[str]:
         f"{shown(field(transfers, 'num_completed'))} completed, {shown(field(transfers, 'num_recomputed'))} "
         f"recomputed, {shown(field(transfers, 'bytes_total'), byte_size)} moved",
     ]
+    controller = field(document, "controller")
+    reachable = field(controller, "reachable")
+    lines.append(f"controller {shown(reachable, lambda v: 'up' if yes_no(v) == 'yes' else 'down (serving on the last snapshot)')}, "
+                 f"{shown(field(controller, 'controller_restarts'))} restarts")
     degraded = field(document, "health", "degraded")
     if isinstance(degraded, str):
         lines.append(f"degraded   {degraded}")
