@@ -10,7 +10,8 @@ Routes:
 
 Life of a completion request:
 1. the `Authorization: Bearer KEY` header gives the tenant (`/health` and `/metrics` need no key);
-2. the body is read (size limit, UTF-8, JSON), parsed into a `Request` (`openai_format`) and validated;
+2. the body is read (size limit, Content-Encoding gzip/deflate, UTF-8, JSON), parsed into a `Request`
+   (`openai_format`) and validated;
 3. it takes a slot of the shared concurrency limit, or is refused 429 with Retry-After;
 4. the gateway's first chunk is awaited before answering, so errors raised before any token get their
    own status; then the answer is either streamed (SSE) or gathered whole;
@@ -28,6 +29,7 @@ import math
 import ssl
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -54,6 +56,18 @@ class PayloadTooLarge(InvalidRequest):
     """The request body is over `ServerConfig.max_request_bytes`."""
 
     http_status = 413
+
+
+class UnsupportedEncoding(InvalidRequest):
+    """The request body has a Content-Encoding the server cannot decode."""
+
+    http_status = 415
+
+
+# Content-Encodings a body may arrive in: gzip, or deflate (zlib) as RFC 9110 has it; 32 lets zlib take
+# either header. aiohttp's own decoding is off: a corrupt body raised from inside `request.read()` (a
+# 500) and an encoding it lacks (br) was refused in plain text before any middleware ran.
+_DECODED_ENCODINGS = {"gzip": 32 + zlib.MAX_WBITS, "x-gzip": 32 + zlib.MAX_WBITS, "deflate": 32 + zlib.MAX_WBITS}
 
 
 def error_response(status: int, message: str, error_type: str, *, param: str | None = None,
@@ -90,12 +104,14 @@ async def openai_errors(request: web.Request, handler: Callable[[web.Request], A
 
 
 async def read_json(request: web.Request, limit_bytes: int) -> Any:
-    """The body as JSON; InvalidRequest (400) or 413 with a message saying what is wrong."""
+    """The body as JSON; InvalidRequest (400), 413 or 415 with a message saying what is wrong."""
+    too_large = PayloadTooLarge(f"the request body is over this server's limit of {limit_bytes} bytes: "
+                                f"send a shorter prompt")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"the request body is over this server's limit of {limit_bytes} bytes: "
-                              f"send a shorter prompt") from None
+        raise too_large from None
+    raw = decode_body(raw, request.headers.get("Content-Encoding", ""), limit_bytes, too_large)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -108,6 +124,27 @@ async def read_json(request: web.Request, limit_bytes: int) -> Any:
         raise InvalidRequest("the request body holds a number with too many digits: send numbers of sensible size") from None
     except RecursionError:
         raise InvalidRequest("the request body nests too deeply") from None
+
+
+def decode_body(raw: bytes, encoding: str, limit_bytes: int, too_large: PayloadTooLarge) -> bytes:
+    """`raw` under its Content-Encoding (identity, gzip or deflate), at most `limit_bytes` once decoded."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    wbits = _DECODED_ENCODINGS.get(encoding)
+    if wbits is None:
+        raise UnsupportedEncoding(f"Content-Encoding {encoding[:40]!r} is not supported: send the body "
+                                  f"uncompressed, or gzip or deflate")
+    decoder = zlib.decompressobj(wbits)
+    try:
+        body = decoder.decompress(raw, limit_bytes + 1)
+    except zlib.error as exc:
+        raise InvalidRequest(f"the request body is not valid {encoding} data ({exc}): send it uncompressed") from None
+    if len(body) > limit_bytes or decoder.unconsumed_tail:
+        raise too_large
+    if not decoder.eof:
+        raise InvalidRequest(f"the request body is cut-short {encoding} data: send all of it, or uncompressed")
+    return body
 
 
 def _refuse_constant(name: str) -> Any:
@@ -127,7 +164,7 @@ class HttpApi:
         self.app.router.add_get("/health", self.health)
         self.app.router.add_get("/metrics", self.metrics)
         self.runner = web.AppRunner(self.app, handler_cancellation=True, shutdown_timeout=HANDLER_SHUTDOWN_S,
-                                    access_log=None)
+                                    access_log=None, auto_decompress=False)
         self._sites: list[web.TCPSite] = []
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> int:
