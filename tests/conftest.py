@@ -8,6 +8,8 @@
 3. A sampler thread reads the machine's used memory (MemTotal - MemAvailable: every process, the
    suite's Ray workers and vLLM engines included) and counts live vLLM engine processes twice a second;
    the summary prints the peak, the test running then, and the most engines alive at once.
+4. `--fuzz-examples N` sets how many cases each API fuzz test draws (an option, not a variable: the
+   scrub above would remove a PDSERVE_* one, by design).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 FOREIGN_PREFIXES = ("VLLM_", "RAY_", "OMP_", "PDSERVE_", "OTEL_", "HF_")
 KEPT = {"PDSERVE_HOME", "PDSERVE_HELM"}  # set by scripts/test.sh: where the pulled model and helm binary live
 SAMPLE_S = 0.5
+DEFAULT_FUZZ_EXAMPLES = 100  # per API fuzz test in the suite (a few hundred per API); the long run: README
 ENGINE_PROCESS = "VLLM::EngineCor"  # /proc/PID/comm keeps 15 characters of "VLLM::EngineCore"
 
 
@@ -90,6 +93,16 @@ class MemorySampler:
                 f"({self.baseline / gib:.1f} GiB before the suite), during {self.peak_test}",
                 f"most vLLM engines alive at once: {self.max_engines}"
                 + (f", during {self.max_engines_test}" if self.max_engines else "")]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fuzz-examples", type=int, default=DEFAULT_FUZZ_EXAMPLES,
+                     help=f"cases each API fuzz test draws (default {DEFAULT_FUZZ_EXAMPLES})")
+
+
+@pytest.fixture(scope="session")
+def fuzz_examples(request: pytest.FixtureRequest) -> int:
+    return request.config.getoption("--fuzz-examples")
 
 
 _sampler: MemorySampler | None = None
