@@ -63,10 +63,15 @@ class _Stalled(Exception):
     """A wait passed its stall bound (the worker sent nothing, or no worker came)."""
 
 
+# What Ray raises for a call whose worker process or host went away: the actor died or is unreachable, Ray's
+# memory monitor killed its process (the machine ran short of memory), its process crashed, its node died.
+_WORKER_GONE = (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError, ray.exceptions.WorkerCrashedError,
+                ray.exceptions.NodeDiedError)
+
+
 def worker_lost(exc: BaseException) -> bool:
     """Whether `exc` means the worker, not the request, failed (retry elsewhere)."""
-    return isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, EngineError,
-                            WorkerDraining))
+    return isinstance(exc, (*_WORKER_GONE, EngineError, WorkerDraining))
 
 
 class RequestRun:

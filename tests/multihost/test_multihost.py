@@ -128,7 +128,9 @@ def test_ray_refuses_a_client_without_the_clusters_token(multihost, tmp_path):
         results[name] = subprocess.run(["ip", "netns", "exec", host.namespace, str(VENV_BIN / "ray"), "status",
                                         "--address", plan.ray_address], env=env, capture_output=True, text=True, timeout=120)
     assert results["right"].returncode == 0, results["right"].stderr[-2000:]
-    assert "1.0 prefill" in results["right"].stdout and "1.0 decode" in results["right"].stdout  # every node joined
+    for tier in ("prefill", "decode"):  # every node joined, with its tier's resource
+        hosts = plan.roles.count(tier)
+        assert f"/{hosts}.0 {tier}" in results["right"].stdout, results["right"].stdout
     for name in ("wrong", "none"):
         assert results[name].returncode != 0
         output = results[name].stdout + results[name].stderr
