@@ -42,7 +42,7 @@ import psutil  # noqa: E402
 
 import serving  # noqa: E402  (benchmarks/serving.py: how a benchmark starts and stops `pdserve up`)
 import soak_report  # noqa: E402
-from pdserve.bench.endpoints import ENDPOINTS  # noqa: E402
+from pdserve.bench.endpoints import ENDPOINTS, RequestFailed  # noqa: E402
 from pdserve.bench.loadgen import run_load  # noqa: E402
 from pdserve.bench.prompts import PromptBuilder  # noqa: E402
 from pdserve.bench.workload import BenchRequest  # noqa: E402
@@ -168,6 +168,10 @@ async def _window(k: int, args, rate: float, endpoint, builder, sampler: RssSamp
     load = asyncio.create_task(run_load(requests, endpoint, builder, timeout_s=REQUEST_TIMEOUT_S,
                                         progress=False, start_s=window_start_s))
     await asyncio.sleep(max(0.0, window_start_s + args.window_s - time.perf_counter()))
+    try:  # a worker replaced since the start listens on new KV ports
+        sampler.kv_ports.update(_kv_ports(await endpoint.cluster_status(10.0)))
+    except RequestFailed as exc:
+        print(f"window {k}: cluster status unavailable ({exc}); workers keep the tiers seen before", flush=True)
     rss = await asyncio.to_thread(sampler.sample)
     result = await load
     row = soak_report.window_row(k, result.outcomes, rss, len(requests) / args.window_s, k < args.warmup_windows)

@@ -84,8 +84,10 @@ def process_group(pid: int, name: str, root_pid: int, tier: str | None) -> str:
         return "pdserve up"
     if tier:
         return f"{tier} worker" if name.startswith("ray::") else f"{tier} engine"
-    if name.startswith("ray::ClusterCon"):  # /proc's comm keeps 15 characters of "ray::ClusterController"
+    if name.startswith(("ray::ClusterCon", "ray::Controller")):  # /proc's comm keeps 15 characters
         return "controller"
+    if name.startswith("VLLM::"):  # an engine of a worker whose KV port the soak has not seen yet
+        return "engines, tier unknown"
     if name.startswith("ray::Worker"):  # Ray retitles an actor's process while it runs a method: ray::Worker.x
         return "other ray workers"
     return "ray system"

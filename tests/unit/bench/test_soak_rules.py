@@ -101,6 +101,7 @@ def test_processes_are_grouped_by_role_and_tier():
     assert group(12, "VLLM::EngineCore", 10, "prefill") == "prefill engine"
     assert group(13, "ray::ClusterCon", 10, None) == "controller"  # psutil's name() when it has only /proc's comm
     assert group(14, "gcs_server", 10, None) == "ray system"
+    assert group(15, "VLLM::EngineCor", 10, None) == "engines, tier unknown"  # never counted as Ray's own
     assert soak_report.rss_by_group([("a", 1), ("b", 2), ("a", 3)]) == {"a": 4, "b": 2, "total": 6}
 
 
