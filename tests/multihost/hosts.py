@@ -44,6 +44,7 @@ KV_TIMEOUT_S = 5.0  # a transfer that fails is recomputed after this long (the t
 MAX_MODEL_LEN = 2048
 KV_CACHE_GIB = 0.25  # per engine, as the integration tests'
 READY_TIMEOUT_S = 600.0
+RAY_START_TIMEOUT_S = 300.0  # one `ray start` (a loaded 2-core machine has taken 3 minutes)
 STOP_TIMEOUT_S = 120.0
 KILL_WAIT_S = 10.0
 DEFAULT_ROLES = ("head", "prefill", "decode")
@@ -307,7 +308,7 @@ class MultiHost:
         with log.open("w") as out:
             result = subprocess.run(["ip", "netns", "exec", host.namespace, *self.plan.ray_start_command(host)],
                                     env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    timeout=180, start_new_session=True)
+                                    timeout=RAY_START_TIMEOUT_S, start_new_session=True)
         if result.returncode != 0:
             raise HostError(f"`ray start` on {host.address} ({host.role}) failed: {log.read_text()[-3000:]}")
 
