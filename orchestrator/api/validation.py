@@ -20,6 +20,7 @@ from orchestrator.request import Budget, Prompt, Request, Sampling
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
 INT64_MAX = 2**63 - 1
 MAX_REQUEST_ID_CHARS = 128
+MAX_TEMPERATURE = 2.0  # OpenAI's range, and vLLM's: the engine refuses more (it was a 500, found by fuzzing)
 
 
 class InvalidField(InvalidRequest):
@@ -119,8 +120,9 @@ def check_sampling(sampling: Sampling, config: ServerConfig) -> None:
     if sampling.max_tokens > config.max_output_tokens:
         raise InvalidField("max_tokens", f"max_tokens is {_shown(sampling.max_tokens)}, above this server's limit of "
                                          f"{config.max_output_tokens}: ask for fewer")
-    if not _finite(sampling.temperature) or sampling.temperature < 0:
-        raise InvalidField("temperature", f"temperature is {_shown(sampling.temperature)}: use a number >= 0 (0 is greedy)")
+    if not _finite(sampling.temperature) or not 0 <= sampling.temperature <= MAX_TEMPERATURE:
+        raise InvalidField("temperature", f"temperature is {_shown(sampling.temperature)}: use a number in "
+                                          f"[0, {MAX_TEMPERATURE:g}] (0 is greedy)")
     if not _finite(sampling.top_p) or not 0 < sampling.top_p <= 1:
         raise InvalidField("top_p", f"top_p is {_shown(sampling.top_p)}: use a number in (0, 1] (1 keeps every token)")
     if not -1 <= sampling.top_k <= INT64_MAX:
