@@ -158,6 +158,7 @@ class ServingCluster:
                     api_keys: Any = None) -> ServingCluster:
         """Start everything (see the module docstring). Raises StartupError, leaving nothing running."""
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from orchestrator.controller import CONTROLLER_NAME, NAMESPACE, ControllerActor
         from orchestrator.gateway.service import Gateway
@@ -171,8 +172,12 @@ class ServingCluster:
         owns_ray = start_ray(config, log_to_driver=log_to_driver)
         controller, name = None, f"{CONTROLLER_NAME}-{uuid.uuid4().hex[:6]}"
         try:
+            # On this node (the head, where `pdserve up` runs), not wherever Ray finds room: a worker host that
+            # is lost or partitioned must not take the controller with it.
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
             controller = ray.remote(ControllerActor).options(
                 name=name, namespace=NAMESPACE, num_cpus=0, max_concurrency=1000, get_if_exists=False, max_restarts=-1,
+                scheduling_strategy=here,
             ).remote(config.model_dump(mode="json"), model_dir, name, _kv_secret(config))
             await _start_controller(controller)
             tokenizer = PromptTokenizer(model_dir, config.model.think_start, config.model.think_end) \

@@ -96,7 +96,7 @@ def _run(op: str, args: dict[str, Any]) -> Any:
     if op == "clear_kv_faults":
         return ray.get(ray.get_actor(args["worker_id"], namespace=NAMESPACE).clear_kv_faults.remote(), timeout=CALL_TIMEOUT_S)
     if op == "controller_pid":
-        return ray.get(_controller().__ray_call__.remote(lambda self: __import__("os").getpid()), timeout=CALL_TIMEOUT_S)
+        return ray.get(_controller().pid.remote(), timeout=CALL_TIMEOUT_S)
     raise ValueError(f"unknown op {op!r}")
 
 

@@ -34,7 +34,7 @@ import psutil
 import network
 from agent import RayAgent
 from faultstreams import FaultCounts, Outcome, run_streams
-from hosts import Host, MultiHost, _namespace_pids
+from hosts import Host, MultiHost, _namespace_pids, _run
 
 ROLES = ("head", "prefill", "decode", "decode")
 NUM_DECODE = 2
@@ -139,6 +139,16 @@ class Chaos:
         while not actor.name().startswith("ray::"):
             actor = actor.parent()
         return [actor, *actor.children(recursive=True)]
+
+    def _controller_on_head(self) -> int:
+        """The controller's pid, once it is checked to run on the head host (with `pdserve up`), where no
+        worker host's loss or partition takes it along."""
+        pid = self.agent.call("controller_pid")
+        namespace = _run(["ip", "netns", "identify", str(pid)]).stdout.strip()
+        head = self.cluster.plan.host("head").namespace
+        if namespace != head:
+            raise AssertionError(f"the controller runs in {namespace or 'the root namespace'}, not on the head host {head}")
+        return pid
 
     def close(self) -> None:
         self.agent.close()
@@ -279,7 +289,7 @@ def controller_killed(chaos: Chaos) -> FaultCounts:
     """The controller actor's process SIGKILLed under four streams: Ray restarts it, it finds the workers
     again, and it can scale once more."""
     before = {w["id"] for tier in ("prefill", "decode") for w in chaos.workers(tier)}
-    pid = chaos.agent.call("controller_pid")
+    pid = chaos._controller_on_head()
     killed: list[float] = []
     outcomes = chaos.streams(PROMPTS, fault=lambda: killed.append(_kill(psutil.Process(pid))))
     deadline = time.monotonic() + RECOVERY_TIMEOUT_S
@@ -292,6 +302,7 @@ def controller_killed(chaos: Chaos) -> FaultCounts:
                 raise
         time.sleep(1)
     recovered = chaos.wait_full(killed[0])
+    chaos._controller_on_head()
     after = {w["id"] for tier in ("prefill", "decode") for w in chaos.workers(tier)}
     if after != before:
         raise AssertionError(f"the restarted controller did not keep the workers: {sorted(before)} -> {sorted(after)}")
