@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,10 @@ class RequestRun:
         self.running = running
         self.generated: list[int] = []
         self.usage_extra: dict[str, Any] = {}
+        # Engine request ids are this run's own: a client may reuse its request id, and a worker
+        # remembers an abort that came after its request ended (it may also overtake one), so an id
+        # derived from the client's alone let the cleanup of a failed run abort the next one at once.
+        self.engine_key = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
         self.transfer_id = f"{request.request_id}-kv"
         self.limit = meter.admission.max_output_tokens or request.sampling.max_tokens
         self._detokenizer = IncrementalDetokenizer(gateway.tokenizer, prompt_ids)
@@ -167,7 +172,7 @@ class RequestRun:
         self.usage_extra["prefill_worker"] = prefill.worker_id
         push = KVPush(self.transfer_id, decode.info.kv_endpoint(self.gateway.config.kv.transport), len(self.prompt_ids),
                       decode.info.kv_control_endpoint or "")
-        engine_request = self._engine_request(f"{self.request.request_id}-p", self.prompt_ids, 1, kv_push=push)
+        engine_request = self._engine_request(f"{self.engine_key}-p", self.prompt_ids, 1, kv_push=push)
         metrics.requests_total.labels(tier="prefill").inc()
         started = self._now()
         self.gateway.local_load(prefill.worker_id).pending_prefill_tokens += len(self.prompt_ids)
@@ -222,7 +227,7 @@ class RequestRun:
 
     async def _stream(self, decode: WorkerView, receive: bool) -> AsyncIterator[GenerationChunk]:
         ids = self.prompt_ids + self.generated
-        engine_id = f"{self.request.request_id}-d{len(self.generated)}"
+        engine_id = f"{self.engine_key}-d{len(self.generated)}"
         kv_receive = KVReceive(self.transfer_id, len(self.prompt_ids)) if receive else None
         engine_request = self._engine_request(engine_id, ids, self.limit - len(self.generated), kv_receive=kv_receive)
         metrics.requests_total.labels(tier="decode").inc()

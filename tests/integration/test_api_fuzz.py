@@ -234,6 +234,24 @@ def test_arbitrary_bytes_to_every_grpc_method_are_a_client_error_at_worst(channe
     check()
 
 
+def test_a_reused_request_id_is_not_aborted_by_an_earlier_runs_cleanup(serving, http):
+    """Found by the long run: a client reusing request id "0" right after a run of "0" that failed got
+    its new request aborted (the failed run's cleanup aborted its engine requests after they had ended;
+    a worker remembers such aborts, since an abort may overtake its request). Here the workers hold
+    aborts for every engine id a run of "reused" was given before the fix; the new run is untouched."""
+    import ray
+
+    for tier, names in (("prefill", ["reused-p"]), ("decode", ["reused-d0", "reused-d1"])):
+        handle = serving.worker(tier)["handle"]
+        ray.get([handle.abort.remote(name) for name in names])
+    response = http.post("/v1/completions", json={"prompt": "The capital of France is", "max_tokens": 4,
+                                                  "ignore_eos": True, "temperature": 0,
+                                                  "pdserve": {"request_id": "reused"}})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["choices"][0]["finish_reason"] == "length" and answer["usage"]["completion_tokens"] == 4, answer
+
+
 def test_the_cluster_still_serves_after_the_barrage(http):
     response = http.post("/v1/completions", json={"prompt": "still here", "max_tokens": 2, "temperature": 0})
     assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] in ("stop", "length")
