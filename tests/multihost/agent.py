@@ -14,6 +14,7 @@ environment), so it is what an operator's `ray` session on the head would be, no
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -101,6 +102,11 @@ def _run(op: str, args: dict[str, Any]) -> Any:
 
 
 def main(address: str) -> int:
+    # Answers go to the original stdout, and only answers: whatever else writes to fd 1 (Ray's driver
+    # prints, e.g. a node marked dead) goes to stderr (agent.log), or the caller would read it as an answer.
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     import ray
 
     ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
@@ -110,7 +116,7 @@ def main(address: str) -> int:
             answer = {"ok": True, "result": _run(request.pop("op"), request)}
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller as its answer
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(answer, default=str), flush=True)
+        print(json.dumps(answer, default=str), file=answers, flush=True)
     return 0
 
 
