@@ -93,9 +93,10 @@ async def stream(client, prompt: str, outcome: Outcome, max_tokens: int = MAX_TO
 
 def run_streams(grpc_target: str, prompts: list[str], fault: Callable[[], None] | None = None,
                 after_tokens: int = 8, max_tokens: int = MAX_TOKENS,
-                during: Callable[[], list[str]] | None = None) -> list[Outcome]:
-    """Stream every prompt at once; `fault()` runs (in a thread) once the first stream has `after_tokens`
-    tokens (0: as soon as they were sent) and the streams are awaited after it returned. `during()`, if given,
+                during: Callable[[], list[str]] | None = None, every_stream: bool = False) -> list[Outcome]:
+    """Stream every prompt at once; `fault()` runs (in a thread) once the first stream (`every_stream`: every
+    stream) has `after_tokens` tokens (0: as soon as they were sent) and the streams are awaited after it
+    returned. `during()`, if given,
     runs right after the fault and returns more prompts, sent then (requests that arrive mid-fault); their
     outcomes follow the first ones'."""
     from pdserve import AsyncClient
@@ -106,7 +107,8 @@ def run_streams(grpc_target: str, prompts: list[str], fault: Callable[[], None] 
         async with AsyncClient(grpc_target) as client:
             tasks = [asyncio.create_task(stream(client, p, o, max_tokens)) for p, o in zip(prompts, outcomes)]
             if fault is not None:
-                while max(len(o.token_ids) for o in outcomes) < after_tokens and not all(t.done() for t in tasks):
+                progress = min if every_stream else max
+                while progress(len(o.token_ids) for o in outcomes) < after_tokens and not all(t.done() for t in tasks):
                     await asyncio.sleep(0.01)
                 fault_task = asyncio.create_task(asyncio.to_thread(fault))
                 if during is not None:

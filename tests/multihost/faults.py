@@ -111,9 +111,10 @@ class Chaos:
             time.sleep(1)
         raise AssertionError(f"the cluster was not full again within {RECOVERY_TIMEOUT_S:.0f} s: {self.status()['pools']}")
 
-    def streams(self, prompts: list[str], fault=None, after_tokens: int = 8, during=None) -> list[Outcome]:
+    def streams(self, prompts: list[str], fault=None, after_tokens: int = 8, during=None,
+                every_stream: bool = False) -> list[Outcome]:
         return run_streams(self.cluster.endpoints["grpc"], prompts, fault=fault, after_tokens=after_tokens,
-                           max_tokens=MAX_TOKENS, during=during)
+                           max_tokens=MAX_TOKENS, during=during, every_stream=every_stream)
 
     def counts(self, fault: str, prompts: list[str], outcomes: list[Outcome], recovered_s: float) -> FaultCounts:
         return FaultCounts.of(fault, outcomes, [self.expected[p] for p in prompts], recovered_s)
@@ -202,14 +203,15 @@ def prefill_engine_killed(chaos: Chaos) -> FaultCounts:
 
 
 def handoff_lost(chaos: Chaos) -> FaultCounts:
-    """The prefill is done (each stream has its first token, which the prefill computed) but the KV frames are
+    """The prefill is done (every stream has its first token, which the prefill computed) but the KV frames are
     still held in the prefill worker's sender (a `stall` fault) when the whole prefill worker is killed: the
     decode workers get part of the KV or none, and recompute the prompts."""
     prefill = chaos.workers("prefill")[0]
     host = chaos.host_of(prefill)
     chaos.agent.call("kv_fault", worker_id=prefill["id"], kind="stall", count=len(PROMPTS), stall_s=STALL_S)
     killed: list[float] = []
-    outcomes = chaos.streams(PROMPTS, fault=lambda: killed.append(_kill(*chaos.worker_processes(host))), after_tokens=1)
+    outcomes = chaos.streams(PROMPTS, fault=lambda: killed.append(_kill(*chaos.worker_processes(host))), after_tokens=1,
+                             every_stream=True)
     return chaos.counts("P->D handoff: prefill worker killed before the KV arrived", PROMPTS, outcomes, chaos.wait_full(killed[0]))
 
 
