@@ -7,7 +7,7 @@ namespaces, Ray with token auth, `pdserve up --address` on the head), takes ever
 answers, then runs the scenarios of tests/multihost/faults.py in order (each starts from, and ends with, the
 full cluster) and prints one row each: requests in flight, completed, token-identical, recomputed, explicit
 errors, lost, the longest gap a client saw, and the seconds until full capacity again. The tests
-(tests/multihost/test_chaos.py) run the same scenarios and assert the invariants (0 lost, 0 errors, all
+(tests/multihost/test_multihost_faults.py) run the same scenarios and assert the invariants (0 lost, 0 errors, all
 identical). Writes summary.json and summary.md under --out. A scenario that raises is reported and the run
 goes on (exit 1 at the end).
 """

@@ -1,5 +1,5 @@
 """The faults of a real cluster, each done for real to a multi-host pdserve (hosts.py) while requests stream,
-with exact counts (faultstreams.py): the tests (test_chaos.py) assert on them, `benchmarks/chaos.py` prints them.
+with exact counts (faultstreams.py): the tests (test_multihost_faults.py, run after the others) assert on them, `benchmarks/chaos.py` prints them.
 
 The cluster: a head host (gateway, controller), a prefill host and two decode hosts, one worker each. Every
 scenario starts from the full cluster (1 prefill + 2 decode workers ready, /health 200), does its fault while
@@ -122,21 +122,23 @@ class Chaos:
     def scale(self, tier: str, num_workers: int) -> None:
         self.agent.call("scale", tier=tier, num_workers=num_workers)
 
-    def engine(self, host: Host) -> psutil.Process:
-        """The host's vLLM EngineCore process (each worker host runs one worker)."""
+    def engine(self, worker: dict) -> psutil.Process:
+        """The worker's vLLM engine process that holds its KV receiver (`VLLM::Worker`): the process of its
+        host listening on the worker's KV port (the status document's `kv_endpoints`)."""
+        host = self.host_of(worker)
+        port = int(worker["kv_endpoints"]["zmq"].rsplit(":", 1)[1])
         for pid in _namespace_pids(host.namespace):
             try:
                 process = psutil.Process(pid)
-                if process.name().startswith("VLLM::EngineCor"):
+                if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections("tcp")):
                     return process
             except psutil.Error:
                 continue
-        raise AssertionError(f"no vLLM engine runs on {host.address}")
+        raise AssertionError(f"no process of {host.address} listens on {worker['id']}'s KV port {port}")
 
-    def worker_processes(self, host: Host) -> list[psutil.Process]:
-        """The host's worker: its Ray actor process and every process under it (the engines)."""
-        engine = self.engine(host)
-        actor = engine
+    def worker_processes(self, worker: dict) -> list[psutil.Process]:
+        """The worker's Ray actor process and every process under it (its engine's)."""
+        actor = self.engine(worker)
         while not actor.name().startswith("ray::"):
             actor = actor.parent()
         return [actor, *actor.children(recursive=True)]
@@ -153,6 +155,12 @@ class Chaos:
 
     def close(self) -> None:
         self.agent.close()
+
+
+def _after(seconds: float, prompts: list[str]) -> list[str]:
+    """`prompts`, `seconds` from now (requests that arrive while a fault is on)."""
+    time.sleep(seconds)
+    return prompts
 
 
 def _kill(*processes: psutil.Process) -> float:
@@ -179,7 +187,7 @@ def decode_engine_killed(chaos: Chaos, num_decode: int = NUM_DECODE) -> FaultCou
         chaos.wait_full(time.monotonic(), num_decode)
     try:
         killed: list[float] = []
-        outcomes = chaos.streams(PROMPTS, fault=lambda: killed.append(_kill(chaos.engine(chaos.host_of(_busiest_decode(chaos))))))
+        outcomes = chaos.streams(PROMPTS, fault=lambda: killed.append(_kill(chaos.engine(_busiest_decode(chaos)))))
         recovered = chaos.wait_full(killed[0], num_decode)
     finally:
         if num_decode != NUM_DECODE:
@@ -191,12 +199,12 @@ def decode_engine_killed(chaos: Chaos, num_decode: int = NUM_DECODE) -> FaultCou
 
 def prefill_engine_killed(chaos: Chaos) -> FaultCounts:
     """kill -9 of the prefill engine while it computes four long prompts: the decode workers compute them."""
-    host = chaos.cluster.plan.host("prefill")
+    prefill = chaos.workers("prefill")[0]
     killed: list[float] = []
 
     def kill_during_prefill() -> None:
         time.sleep(0.5)  # the four long prompts queue on the one prefill engine: it is mid-prefill now
-        killed.append(_kill(chaos.engine(host)))
+        killed.append(_kill(chaos.engine(prefill)))
 
     outcomes = chaos.streams(LONG_PROMPTS, fault=kill_during_prefill, after_tokens=0)
     return chaos.counts("prefill engine kill -9 during prefill", LONG_PROMPTS, outcomes, chaos.wait_full(killed[0]))
@@ -207,10 +215,9 @@ def handoff_lost(chaos: Chaos) -> FaultCounts:
     still held in the prefill worker's sender (a `stall` fault) when the whole prefill worker is killed: the
     decode workers get part of the KV or none, and recompute the prompts."""
     prefill = chaos.workers("prefill")[0]
-    host = chaos.host_of(prefill)
     chaos.agent.call("kv_fault", worker_id=prefill["id"], kind="stall", count=len(PROMPTS), stall_s=STALL_S)
     killed: list[float] = []
-    outcomes = chaos.streams(PROMPTS, fault=lambda: killed.append(_kill(*chaos.worker_processes(host))), after_tokens=1,
+    outcomes = chaos.streams(PROMPTS, fault=lambda: killed.append(_kill(*chaos.worker_processes(prefill))), after_tokens=1,
                              every_stream=True)
     return chaos.counts("P->D handoff: prefill worker killed before the KV arrived", PROMPTS, outcomes, chaos.wait_full(killed[0]))
 
@@ -247,12 +254,12 @@ def _partition(chaos: Chaos, seconds: float = PARTITION_S) -> float:
 
 def partitioned(chaos: Chaos) -> tuple[FaultCounts, float]:
     """The prefill host and the decode hosts cannot reach each other for 10 s (everything else can): streams
-    in flight go on (their KV is there already), requests sent meanwhile recompute after kv.timeout_s, and
-    once healed transfers resume. Returns the counts and the seconds from the heal until a request's KV was
+    in flight go on (their KV is there already), requests sent meanwhile recompute after kv.timeout_s (or are
+    served whole by a prefill worker when no decode worker answered), and once healed transfers resume. Returns the counts and the seconds from the heal until a request's KV was
     transferred again."""
     started: list[float] = []
     outcomes = chaos.streams(PROMPTS, fault=lambda: started.append(_partition(chaos)),
-                             during=lambda: (time.sleep(1.0), LATE_PROMPTS)[1])
+                             during=lambda: _after(1.0, LATE_PROMPTS))
     healed = started[0] + PARTITION_S
     resumed = _transfers_again(chaos, healed)
     counts = chaos.counts(f"prefill/decode hosts partitioned {PARTITION_S:.0f} s", PROMPTS + LATE_PROMPTS, outcomes,
@@ -317,7 +324,7 @@ def scale_during_faults(chaos: Chaos) -> FaultCounts:
     killed: list[float] = []
 
     def faults() -> None:
-        victim = chaos.host_of(_busiest_decode(chaos))
+        victim = _busiest_decode(chaos)
         partition = threading.Thread(target=_partition, args=(chaos,))
         partition.start()
         scale_down = threading.Thread(target=chaos.scale, args=("decode", 1))
@@ -327,7 +334,10 @@ def scale_during_faults(chaos: Chaos) -> FaultCounts:
         partition.join()
         chaos.scale("decode", NUM_DECODE)
 
-    outcomes = chaos.streams(PROMPTS, fault=faults, during=lambda: (time.sleep(1.0), LATE_PROMPTS)[1])
+    try:
+        outcomes = chaos.streams(PROMPTS, fault=faults, during=lambda: _after(1.0, LATE_PROMPTS))
+    finally:
+        chaos.scale("decode", NUM_DECODE)  # whatever happened: the next scenario finds the full cluster
     return chaos.counts("scale 2->1->2 decode during engine kill + partition", PROMPTS + LATE_PROMPTS, outcomes,
                         chaos.wait_full(killed[0]))
 
