@@ -21,6 +21,7 @@ with an explicit error, lost (must be 0), the longest gap a client saw, and the 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -34,7 +35,7 @@ import psutil
 import network
 from agent import RayAgent
 from faultstreams import FaultCounts, Outcome, run_streams
-from hosts import Host, MultiHost, _namespace_pids, _run
+from hosts import Host, MultiHost, _run
 
 ROLES = ("head", "prefill", "decode", "decode")
 NUM_DECODE = 2
@@ -44,8 +45,11 @@ KV_FAULT_EVERY = 3
 STALL_S = 20.0  # a stalled transfer's frames are held this long: past the harness's kv.timeout_s (5 s)
 PROMPTS = [f"Tell a long story about a lighthouse keeper named {name}." for name in ("Ada", "Bo", "Cy", "Di")]
 LONG_PROMPTS = [f"{name}: " + " ".join(["the quiet harbour at dawn"] * 250) for name in ("Ada", "Bo", "Cy", "Di")]
-# Under load: distinct prompts (numbered first: no prefix is cached anywhere), a mix of lengths.
-LOAD_PROMPTS = [f"({i}) " + (PROMPTS[i % 4] if i % 2 else LONG_PROMPTS[i % 4][:400]) for i in range(12)]
+# Under load: distinct prompts (numbered first: no prefix is cached anywhere, not even by an earlier
+# scenario, whose prefix cache would skip the prefill and so the transfer), a mix of lengths.
+KV_FAULTS = ("drop", "corrupt", "stall")
+LOAD_PROMPTS = {kind: [f"({kind} {i}) " + (PROMPTS[i % 4] if i % 2 else LONG_PROMPTS[i % 4][:400]) for i in range(12)]
+                for kind in KV_FAULTS}
 LATE_PROMPTS = [f"[{i}] Name three rivers of Europe and one city on each." for i in range(4)]
 MAX_TOKENS = 64
 
@@ -62,7 +66,7 @@ class Chaos:
     def start(cls, cluster: MultiHost) -> Chaos:
         agent = RayAgent.start(cluster)
         chaos = cls(cluster, agent, {})
-        prompts = PROMPTS + LONG_PROMPTS + LOAD_PROMPTS + LATE_PROMPTS
+        prompts = PROMPTS + LONG_PROMPTS + [p for kind in KV_FAULTS for p in LOAD_PROMPTS[kind]] + LATE_PROMPTS
         outcomes = chaos.streams(prompts)
         failed = [o.error for o in outcomes if not o.completed]
         if failed:
@@ -124,17 +128,17 @@ class Chaos:
 
     def engine(self, worker: dict) -> psutil.Process:
         """The worker's vLLM engine process that holds its KV receiver (`VLLM::Worker`): the process of its
-        host listening on the worker's KV port (the status document's `kv_endpoints`)."""
+        host listening on the worker's KV port (the status document's `kv_endpoints`), as the host's own
+        `ss` sees it (a socket is visible only from its network namespace)."""
         host = self.host_of(worker)
         port = int(worker["kv_endpoints"]["zmq"].rsplit(":", 1)[1])
-        for pid in _namespace_pids(host.namespace):
-            try:
-                process = psutil.Process(pid)
-                if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections("tcp")):
-                    return process
-            except psutil.Error:
-                continue
-        raise AssertionError(f"no process of {host.address} listens on {worker['id']}'s KV port {port}")
+        listening = _run(["ip", "netns", "exec", host.namespace, "ss", "-Hltnp", f"sport = :{port}"]).stdout
+        processes = [psutil.Process(int(pid)) for pid in set(re.findall(r"pid=(\d+)", listening))]
+        # A child that inherited the listening socket shares it: the engine is the deepest holder.
+        deepest = [p for p in processes if not any(p.pid in {a.pid for a in q.parents()} for q in processes)]
+        if len(deepest) != 1:
+            raise AssertionError(f"not one process of {host.address} listens on {worker['id']}'s KV port {port}: {listening!r}")
+        return deepest[0]
 
     def worker_processes(self, worker: dict) -> list[psutil.Process]:
         """The worker's Ray actor process and every process under it (its engine's)."""
@@ -286,11 +290,12 @@ def kv_faults_under_load(chaos: Chaos, kind: str) -> FaultCounts:
     args = {"stall_s": STALL_S} if kind == "stall" else {}
     chaos.agent.call("kv_fault", worker_id=prefill["id"], kind=kind, every=KV_FAULT_EVERY, **args)
     started = time.monotonic()
+    prompts = LOAD_PROMPTS[kind]
     try:
-        outcomes = chaos.streams(LOAD_PROMPTS)
+        outcomes = chaos.streams(prompts)
     finally:
         chaos.agent.call("clear_kv_faults", worker_id=prefill["id"])
-    return chaos.counts(f"KV {kind} on every {KV_FAULT_EVERY}rd transfer, {len(LOAD_PROMPTS)} at once", LOAD_PROMPTS,
+    return chaos.counts(f"KV {kind} on every {KV_FAULT_EVERY}rd transfer, {len(prompts)} at once", prompts,
                         outcomes, chaos.wait_full(started))
 
 

@@ -59,11 +59,11 @@ def test_prefill_and_decode_hosts_partitioned_then_healed(chaos, summary_line):
     assert counts.longest_gap_s < faults.PARTITION_S + 30  # nothing hung
 
 
-@pytest.mark.parametrize("kind", ["drop", "corrupt", "stall"])
+@pytest.mark.parametrize("kind", faults.KV_FAULTS)
 def test_kv_faults_on_every_third_transfer_under_load(chaos, kind, summary_line):
     counts = faults.kv_faults_under_load(chaos, kind)
     _clean(counts, summary_line)
-    assert counts.recomputed >= len(faults.LOAD_PROMPTS) // faults.KV_FAULT_EVERY
+    assert counts.recomputed >= len(faults.LOAD_PROMPTS[kind]) // faults.KV_FAULT_EVERY
 
 
 def test_controller_killed(chaos, summary_line):
