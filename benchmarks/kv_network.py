@@ -7,8 +7,9 @@ Three hosts (head, prefill host, decode host, each its own network namespace), 1
 For each rate, the prefill host's outgoing link (the way KV goes) is capped with `tc ... tbf` (none: the veth
 as it is), and prompts of each length (random token ids, a new prompt every time: nothing is cached) are sent
 one at a time with max_tokens=2. Per request:
-- KV bytes and first-to-last-frame seconds: the gateway's `pdserve_kv_transfer_bytes_total` and
-  `pdserve_kv_transfer_seconds` (deltas of /metrics around the request);
+- KV bytes: the gateway's `pdserve_kv_transfer_bytes_total` (delta of /metrics around the request; the
+  JSON also keeps `pdserve_kv_transfer_seconds`, which counts from the decode side's admission of the
+  request, after the frames that came during the prefill were stashed: not the time on the wire);
 - prefill_ms (the prefill worker's compute, layer by layer, frames leaving as each layer is done) and
   transfer_ms (from the prefill's end to the decode worker's start: the part of the transfer not hidden);
 - TTFT (the first token comes from the prefill worker: the network is not on its path) and the time to the
@@ -116,11 +117,11 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| link | prompt tokens | KV MB | first-to-last frame ms | GB/s | wire ms at cap | prefill ms | unhidden ms "
-             "| hidden by prefill | TTFT ms | 2nd token ms | recomputed |", "|---" * 12 + "|"]
+    lines = ["| link | prompt tokens | KV MB | wire ms at cap | prefill ms | unhidden ms "
+             "| hidden by prefill | TTFT ms | 2nd token ms | recomputed |", "|---" * 10 + "|"]
     for r in summary["table"]:
         hidden = "-" if r["hidden"] is None else f"{r['hidden']:.0%}"
-        lines.append(f"| {r['rate']} | {r['prompt_tokens']} | {r['kv_mb']} | {r['transfer_s'] * 1000:.1f} | {r['gb_per_s']} "
+        lines.append(f"| {r['rate']} | {r['prompt_tokens']} | {r['kv_mb']} "
                      f"| {r['wire_ms_at_cap'] or '-'} | {r['prefill_ms']:.1f} | {r['unhidden_ms']:.1f} "
                      f"| {hidden} | {r['ttft_ms']:.1f} | {r['second_token_ms']:.1f} "
                      f"| {r['recomputed']}/{r['n']} |")
