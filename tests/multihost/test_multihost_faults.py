@@ -62,8 +62,9 @@ def test_prefill_and_decode_hosts_partitioned_then_healed(chaos, summary_line):
 @pytest.mark.parametrize("kind", faults.KV_FAULTS)
 def test_kv_faults_on_every_third_transfer_under_load(chaos, kind, summary_line):
     counts = faults.kv_faults_under_load(chaos, kind)
-    _clean(counts, summary_line)
-    assert counts.recomputed >= len(faults.LOAD_PROMPTS[kind]) // faults.KV_FAULT_EVERY
+    _clean(counts, summary_line)  # 0 wrong tokens, whatever the fault did
+    if kind != "stall":  # a stalled transfer may also complete late rather than time out (see the README)
+        assert counts.recomputed >= len(faults.LOAD_PROMPTS[kind]) // faults.KV_FAULT_EVERY
 
 
 def test_controller_killed(chaos, summary_line):
