@@ -7,7 +7,8 @@ the session cluster's processes live inside pytest's. The e2e tests run before t
 
 Method and bounds: benchmarks/soak.py and benchmarks/soak_report.py (capacity by a 60 s closed loop, then
 three 1-minute windows at 0.8 of it; window 1 is the warm-up; RSS growth < 5% per process group, p99 TTFT
-and TPOT of window 3 within +10% of window 2's, 0 failed).
+and TPOT of window 3 within +10% of window 2's, 0 failed). This test asserts the failures and the RSS
+growth; the drift bound needs the 30-minute run's sample sizes (see the assertion).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ GROUPS = {"pdserve up", "ray system", "controller", "prefill worker", "prefill e
 @pytest.mark.ray
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_a_3_minute_soak_holds_its_bounds(tmp_path, summary_line):
+def test_a_3_minute_soak_fails_nothing_and_leaks_nothing(tmp_path, summary_line):
     process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--duration-s", "180",
                                 "--window-s", "60", "--out", str(tmp_path)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
@@ -51,7 +52,13 @@ def test_a_3_minute_soak_holds_its_bounds(tmp_path, summary_line):
                  f"{verdict['num_failed']} failed; p99 drift TTFT {drift['ttft_ms']['drift']}, TPOT "
                  f"{drift['tpot_ms']['drift']}; RSS growth {verdict['rss_growth'].get('total')} in all, "
                  f"largest group {max(growth, default=None)}")
-    assert process.returncode == 0 and verdict["passed"], output[-5000:]
+    # Asserted here: nothing failed and no process group grew (a leak shows in 3 minutes). The p99 drift is
+    # printed, not asserted: a 1-minute window holds ~80 requests, so its p99 is its second-slowest request,
+    # and two such windows differed by up to 17% on a quiet machine with nothing wrong. The drift bound is
+    # the 30-minute soak's (soak.py's own verdict and exit code), where each half holds ~1,000 requests.
+    assert verdict["num_failed"] == 0, output[-5000:]
+    assert growth and max(growth) < verdict["bounds"]["max_rss_growth"], verdict["rss_growth"]
+    assert process.returncode in (0, 1), output[-5000:]  # 1: a bound broke (the drift, here), not a crash
     assert len(report["windows"]) == 3 and [w["warmup"] for w in report["windows"]] == [True, False, False]
     assert all(w["num_sent"] >= 30 for w in report["windows"]), "too few requests per window to mean anything"
     assert GROUPS <= set(report["windows"][-1]["rss_bytes"]), "a process group of the cluster was not measured"
