@@ -123,7 +123,9 @@ def test_decode_engine_killed_mid_stream_with_one_decode_worker(serving, no_faul
     outcomes = _run_streams(serving, PROMPTS, kill=lambda: killed.append(_kill(victim)))
     status, health = _health(serving)
     failed = {w["worker_id"]: w["error"] for w in serving.workers() if w["state"] == "failed"}
-    assert "exited" in failed.get(decode["worker_id"], ""), failed  # marked failed, with the engine's reason
+    # Marked failed, with the engine's reason: its process exited, or vLLM's client saw its EngineCore stop
+    # (whichever of the two checks sees the kill first).
+    assert any(r in failed.get(decode["worker_id"], "") for r in ("exited", "EngineCore stopped")), failed
     if not _ready(serving, "decode"):  # still replacing: the truth, and requests still served
         assert status == 503 and health["detail"]["serving"] and "degraded" in health["detail"]
     counts = _counts("decode engine killed, 1 decode worker", outcomes, no_fault_answers["short"],
