@@ -114,18 +114,23 @@ def test_forged_frames_are_refused_and_counted_and_the_real_transfer_completes_i
     forged = 2 * LAYERS + 2
     assert wait_failures(endpoint, forged) == forged
 
-    senders = KVSenders(KVAuth(mode, SECRET))
-    try:
-        for frame in frames(source, "good", [7, 8, 9], 12, endpoint.endpoint):
-            senders.send(frame)
-        assert wait_finished(endpoint.assembler) == ({"req-good"}, set())
-    finally:
-        senders.close()
+    assert _send_real(endpoint, source, KVAuth(mode, SECRET), [7, 8, 9], 12) == ({"req-good"}, set())
     for layer in range(LAYERS):
         assert torch.equal(endpoint.destination[layer][20:23], source[layer][7:10])
     assert endpoint.assembler.outcome("good").complete
     assert endpoint.auth_failures() == forged and endpoint.assembler.counters.checksum_failures == 0
 
+
+def _send_real(endpoint, source, auth: KVAuth, blocks: list[int], num_tokens: int, expected: int = 1):
+    """The real transfer "good" (`blocks` of `source`, signed by `auth`) sent over real senders; returns
+    (finished, failed) once `expected` transfers ended."""
+    senders = KVSenders(auth)
+    try:
+        for frame in frames(source, "good", blocks, num_tokens, endpoint.endpoint):
+            senders.send(frame)
+        return wait_finished(endpoint.assembler, expected)
+    finally:
+        senders.close()
 
 @pytest.mark.parametrize("receiver", ["direct", "libzmq", "grpc"])
 def test_a_payload_changed_under_a_real_header_fails_only_its_own_transfer(endpoints, receiver):
@@ -138,13 +143,7 @@ def test_a_payload_changed_under_a_real_header_fails_only_its_own_transfer(endpo
     forged = signed(forged_source, "victim", [1, 2], 8, None)[0][1]
     header.checksum = checksum(forged)  # the forger fixes the checksum; the header's MAC no longer holds
     endpoint.send_raw([(header, forged)])
-    senders = KVSenders(KVAuth("hmac", SECRET))
-    try:
-        for frame in frames(source, "good", [3, 4], 8, endpoint.endpoint):
-            senders.send(frame)
-        finished, failed = wait_finished(endpoint.assembler, 1)
-    finally:
-        senders.close()
+    finished, failed = _send_real(endpoint, source, KVAuth("hmac", SECRET), [3, 4], 8)
     assert finished == {"req-good"} and not failed  # the forged frame was dropped; the victim still waits
     assert wait_failures(endpoint, 1) == 1 and endpoint.assembler.outcome("victim") is None
 
@@ -164,13 +163,7 @@ def test_a_payload_swapped_under_an_intact_header_is_refused_in_hmac_mode(endpoi
     header.checksum = checksum(forged)
     header.mac = _resign_header_only(real, header)
     endpoint.send_raw([(header, forged)])
-    senders = KVSenders(real)
-    try:
-        for frame in frames(source, "good", [3, 4], 8, endpoint.endpoint):
-            senders.send(frame)
-        finished, failed = wait_finished(endpoint.assembler, 2)
-    finally:
-        senders.close()
+    finished, failed = _send_real(endpoint, source, real, [3, 4], 8, expected=2)
     assert finished == {"req-good", "req-victim"} and failed == {"req-victim"}  # the victim recomputes
     assert "payload MAC" in endpoint.assembler.outcome("victim").failure
     assert endpoint.auth_failures() == 1 and endpoint.assembler.outcome("good").complete
