@@ -80,7 +80,10 @@ def run(args: argparse.Namespace) -> dict:
                 client.generate([100 + warm] * 64, max_tokens=2, temperature=0)
             counter = 0
             for rate in args.rates:
-                network.cap(prefill, rate) if RATES_BIT[rate] else network.uncap(prefill)
+                if RATES_BIT[rate]:
+                    network.cap(prefill, rate)
+                else:
+                    network.uncap(prefill)
                 for length in args.lengths:
                     for _ in range(args.reps):
                         counter += 1
