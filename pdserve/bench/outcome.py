@@ -64,6 +64,12 @@ class Outcome:
             gaps.extend([(self.token_times_s[i] - self.token_times_s[i - 1]) * 1e3 / count] * count)
         return gaps
 
+    @property
+    def gaps_ms(self) -> list[float]:
+        """Gaps between message arrivals as they are, however many tokens each message brought: a stream
+        that delivers in bursts shows near-zero gaps and long ones here, where `itl_ms` evens them out."""
+        return [(b - a) * 1e3 for a, b in zip(self.token_times_s, self.token_times_s[1:])]
+
     def fail(self, reason: str, message: str, end_s: float) -> None:
         """Mark this request failed (the first failure wins)."""
         if self.error_reason is None:

@@ -66,6 +66,8 @@ def compute_summary(outcomes: Sequence[Outcome], duration_s: float, slo: Slo = S
         "ttft_ms": distribution(o.ttft_ms for o in succeeded),
         "tpot_ms": distribution(o.tpot_ms for o in succeeded),
         "itl_ms": distribution(gap for o in succeeded for gap in o.itl_ms),
+        "gap_ms": distribution(gap for o in succeeded for gap in o.gaps_ms),
+        "longest_gap_ms": distribution(max(o.gaps_ms, default=None) for o in succeeded),
         "e2e_ms": distribution(o.e2e_ms for o in succeeded),
         "goodput": compute_goodput(outcomes, duration_s, slo),
         "failures": compute_failures(outcomes),

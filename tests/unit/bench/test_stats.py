@@ -44,6 +44,17 @@ def test_a_chunk_of_several_tokens_counts_every_token():
     assert o.itl_ms == pytest.approx([100] * 4)
 
 
+def test_bursts_show_in_gaps_and_longest_gap_where_itl_evens_them_out():
+    bursty = _outcome(token_times=(0.1, 0.1001, 0.1002, 0.5, 0.5001), expected=5)
+    assert bursty.gaps_ms == pytest.approx([0.1, 0.1, 399.8, 0.1])
+    smooth = _outcome(token_times=(0.1, 0.2, 0.3, 0.4, 0.5), expected=5)
+    summary = compute_summary([bursty, smooth], duration_s=1.0)
+    assert summary["gap_ms"]["count"] == 8 and summary["gap_ms"]["min"] == pytest.approx(0.1)
+    assert summary["longest_gap_ms"]["max"] == pytest.approx(399.8) and summary["longest_gap_ms"]["min"] == pytest.approx(100)
+    assert summary["itl_ms"]["count"] == 8
+    assert _outcome(token_times=(0.1,), expected=1).gaps_ms == []
+
+
 def test_server_usage_count_wins_and_one_token_has_no_tpot():
     o = _outcome(token_times=(0.1, 0.2), usage={"output_tokens": 7})
     assert o.output_tokens == 7
