@@ -9,15 +9,19 @@ For each workload, one after the other on this machine (nothing else should run 
    socket and copies it into the cache, instead of pdserve's direct receiver);
 3. vLLM's own OpenAI server, one engine on both cores (`python -m vllm.entrypoints.openai.api_server`, float32 like pdserve's CPU default):
    what a user would run instead of pdserve on this machine.
+   and `pdserve up --colocated --decode 1` (one engine on one core: issue 21's colocated baseline);
 each driven by `pdserve bench` (open-loop Poisson arrivals, exact token-id prompts, `ignore_eos` outputs)
-with the same seed, so every system gets the same requests at the same times. Writes each bench report,
-`summary.json` and `summary.md` (TTFT and TPOT p50/p90/p99, throughput, failures, and each system's
-ratios to the colocated run) under `--out`. The default model; the prompts are random token ids.
+with the same seed, so every system gets the same requests at the same times; the `streams-*` workload
+instead runs `streams.py` (closed-loop chat streams over the OpenAI API, prompts as text). Writes each
+report, `summary.json` and `summary.md` (TTFT and TPOT p50/p90/p99, ITL p50/p99 as the gaps between
+messages as they arrived, the longest gap, throughput, failures) under `--out`. The default model; the
+bench prompts are random token ids.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -35,6 +39,8 @@ WORKLOADS = {
     "chat-96x24": (96, 24, 4.0),
     "long-prompt-768x32": (768, 32, 1.0),
 }
+# Closed-loop chat streams through the OpenAI API (`streams.py`): issue 21's smoothness workload.
+STREAM_WORKLOADS = {"streams-4x230x64": dict(streams=4, stagger_ms=150.0, rounds=8, prompt_words=170, output_tokens=64)}
 START_TIMEOUT_S = 600
 
 
@@ -107,19 +113,50 @@ def _bench(target: str, endpoint: list[str], workload: tuple[int, int, float], r
 
 
 def _row(report: dict) -> dict:
-    """The numbers the summary compares, from a bench report's `summary` (fields: docs/bench.md)."""
+    """The numbers the summary compares, from a bench report's `summary` (fields: docs/bench.md). ITL here
+    is the gap between messages as they arrived (`gap_ms`): bursts show, where `itl_ms` evens them out."""
     summary = report["summary"]
     row = {f"{metric}_{q}": (summary.get(metric) or {}).get(q) for metric in ("ttft_ms", "tpot_ms")
            for q in ("p50", "p90", "p99")}
-    row.update(requests_per_s=summary["throughput"]["requests_per_s"],
+    row.update(itl_ms_p50=summary["gap_ms"]["p50"], itl_ms_p99=summary["gap_ms"]["p99"],
+               longest_gap_ms=summary["longest_gap_ms"]["max"], requests_per_s=summary["throughput"]["requests_per_s"],
                output_tokens_per_s=summary["throughput"]["output_tokens_per_s"], failed=summary["num_failed"])
     return row
+
+
+def _http_url(target: str, workdir: Path) -> str:
+    """The OpenAI API's base URL of a started system: pdserve's from its ready file, vLLM's is its target."""
+    ready = workdir / "ready.json"
+    return json.loads(ready.read_text())["http"] if ready.exists() else f"http://{target}"
+
+
+def _streams(url: str, workload: dict, out: Path, grpc_target: str | None) -> dict:
+    """The streams workload; for pdserve, also its decode engines' own inter-token gap (`itl_ms` in the
+    status: the decode step as the engine timed it), what the clients' ITL p50 is measured against."""
+    import streams
+
+    result = asyncio.run(streams.run(url, **workload))
+    summary = streams.summarize(result)
+    summary["engine_itl_ms"] = None
+    if grpc_target:
+        from pdserve.client import Client
+
+        with Client(grpc_target) as client:
+            pools = client.status(timeout_s=10)["pools"]
+        gaps = [w["itl_ms"] for tier in ("decode", "colocated") for w in pools.get(tier, {}).get("workers", [])
+                if w.get("itl_ms")]
+        summary["engine_itl_ms"] = round(sum(gaps) / len(gaps), 2) if gaps else None
+    out.write_text(json.dumps({"summary": summary, "streams": [
+        {"sent_s": s.sent_s, "chunk_times_s": s.chunk_times_s, "output_tokens": s.output_tokens, "error": s.error}
+        for s in result]}))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=120, help="requests per workload and system")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="which workloads (comma-separated)")
+    parser.add_argument("--workloads", default=",".join([*WORKLOADS, *STREAM_WORKLOADS]),
+                        help="which workloads (comma-separated)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving")
     parser.add_argument("--systems", help="only the systems whose names contain one of these (comma-separated), in that order")
     args = parser.parse_args(argv)
@@ -129,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     systems = {
         "pdserve 1P+1D": lambda d: _start_pdserve([], d),
         "pdserve colocated x2": lambda d: _start_pdserve(["--colocated", "--decode", "2"], d),
+        "pdserve colocated x1 (1 engine, 1 core)": lambda d: _start_pdserve(["--colocated", "--decode", "1"], d),
         "pdserve 1P+1D, libzmq KV receiver": lambda d: _start_pdserve(["--config", str(_libzmq_config(d))], d),
         "vLLM server (1 engine, 2 cores)": lambda d: _start_vllm(model_dir, d),
     }
@@ -142,17 +180,23 @@ def main(argv: list[str] | None = None) -> int:
         systems = chosen
     summary: dict = {}
     for workload_name in args.workloads.split(","):
-        workload = WORKLOADS[workload_name]
+        if workload_name not in WORKLOADS and workload_name not in STREAM_WORKLOADS:
+            parser.error(f"--workloads: {workload_name!r} is none of {', '.join([*WORKLOADS, *STREAM_WORKLOADS])}")
         summary[workload_name] = {}
         for system, start in systems.items():
             workdir = args.out / workload_name / system.split(" (")[0].replace(" ", "_").replace("+", "").replace(",", "")
             workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "ready.json").unlink(missing_ok=True)
             process, target, endpoint = start(workdir)
             try:
-                report = _bench(target, endpoint, workload, args.requests, workdir / "bench.json")
+                if workload_name in STREAM_WORKLOADS:
+                    row = _streams(_http_url(target, workdir), STREAM_WORKLOADS[workload_name], workdir / "streams.json",
+                                   target if endpoint == ["--endpoint", "grpc"] else None)
+                else:
+                    row = _row(_bench(target, endpoint, WORKLOADS[workload_name], args.requests, workdir / "bench.json"))
             finally:
                 _stop(process)
-            summary[workload_name][system] = _row(report)
+            summary[workload_name][system] = row
             print(workload_name, system, summary[workload_name][system], flush=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     (args.out / "summary.md").write_text(_markdown(summary, args.requests))
@@ -163,14 +207,29 @@ def main(argv: list[str] | None = None) -> int:
 def _markdown(summary: dict, requests: int) -> str:
     lines = []
     for workload, rows in summary.items():
+        if workload in STREAM_WORKLOADS:
+            w = STREAM_WORKLOADS[workload]
+            lines += [f"**{workload}**: {w['streams']} chat streams {w['stagger_ms']:g} ms apart, {w['rounds']} rounds each, "
+                      f"~230-token prompts, {w['output_tokens']} output tokens, OpenAI streaming API; ITL = gaps "
+                      "between chunks as the client received them", "",
+                      "| system | TTFT p50 | TTFT p90 | ITL p50 | ITL p99 | longest gap | tokens/chunk | engine ITL | failed |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for system, row in rows.items():
+                cells = [_fmt(row.get(k)) for k in ("ttft_ms_p50", "ttft_ms_p90", "itl_ms_p50", "itl_ms_p99", "longest_gap_ms",
+                                                    "tokens_per_chunk", "engine_itl_ms", "failed")]
+                lines += [f"| {system} | " + " | ".join(cells) + " |"]
+            lines.append("")
+            continue
         prompt, output, rate = WORKLOADS[workload]
         lines += [f"**{workload}**: {requests} requests, {prompt}-token prompts, {output} output tokens, Poisson "
                   f"{rate:g} req/s", "",
-                  "| system | TTFT p50 | TTFT p90 | TTFT p99 | TPOT p50 | TPOT p90 | TPOT p99 | req/s | out tok/s | failed |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| system | TTFT p50 | TTFT p90 | TTFT p99 | TPOT p50 | TPOT p90 | TPOT p99 | ITL p50 | ITL p99 | longest gap "
+                  "| req/s | out tok/s | failed |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for system, row in rows.items():
-            cells = [_fmt(row[k]) for k in ("ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p90",
-                                            "tpot_ms_p99", "requests_per_s", "output_tokens_per_s", "failed")]
+            cells = [_fmt(row.get(k)) for k in ("ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p90",
+                                                "tpot_ms_p99", "itl_ms_p50", "itl_ms_p99", "longest_gap_ms",
+                                                "requests_per_s", "output_tokens_per_s", "failed")]
             lines.append(f"| {system} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
