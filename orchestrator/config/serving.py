@@ -43,6 +43,10 @@ class EngineConfig(ConfigModel):
     enforce_eager: bool = Field(True, description="Disable CUDA graphs / compilation (faster start, slower steps).")
     enable_prefix_caching: bool = Field(True, description="Reuse KV of shared prompt prefixes inside each engine.")
     seed: int = Field(0, description="Engine seed, for reproducible sampling.")
+    busy_poll: bool | None = Field(
+        None, description="Whether vLLM's processes spin (sched_yield) while they wait for each other's next step instead "
+        "of sleeping on a notification. null (default): off on the CPU, where the spinners take the cores the engines and "
+        "the control plane compute on (tokens then reach clients in bursts); vLLM's own default (on) on GPUs.")
 
     @model_validator(mode="after")
     def _check_timing_profile(self) -> "EngineConfig":

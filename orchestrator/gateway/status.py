@@ -3,7 +3,7 @@
     {"model", "ready", "mode": "disaggregated" | "colocated", "dtype", "health": {/health's detail},
      "pools": {"prefill" | "decode": {"desired_replicas", "actual_replicas", "workers": [
          {"id", "tier", "state" (starting | ready | draining | stopping | failed), "healthy", "error", "num_running", "num_waiting", "kv_usage", "num_free_blocks",
-          "num_total_blocks", "kv_endpoint", "kv_endpoints", "num_handoffs", "block_size",
+          "num_total_blocks", "itl_ms" (median gap between a request's tokens as the engine made them), "kv_endpoint", "kv_endpoints", "num_handoffs", "block_size",
           "kv_bytes_per_token", "max_model_len", "dtype"}]}},
      "transfers": {"recent_gb_per_s", "transfer_gb_per_s", "bytes_total", "num_completed", "num_recomputed",
                    "auth_failures"},
@@ -37,6 +37,7 @@ def worker_entry(view: WorkerView, transport: str) -> dict[str, Any]:
         "kv_usage": round(engine.kv_usage, 4) if engine else 0.0,
         "num_free_blocks": engine.num_free_blocks if engine else 0,
         "num_total_blocks": engine.num_total_blocks if engine else 0,
+        "itl_ms": engine.itl_ms if engine else 0.0,
         "num_handoffs": view.stats.num_handoffs if view.stats is not None else 0,
         "kv_endpoint": endpoints.get(transport, ""),  # where it receives KV over the configured transport
         "kv_endpoints": endpoints,

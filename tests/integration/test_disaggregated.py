@@ -161,14 +161,22 @@ def test_health_and_metrics_report_the_pools_and_transfers(serving):
     assert _metric(serving, "pdserve_kv_transfer_bytes_total") > 0
 
 
-def test_status_shows_both_pools_and_transfer_rates(serving):
+def test_status_shows_both_pools_and_transfer_rates(serving, tokenizer):
+    import time
+
     with Client(serving.grpc_target) as client:
-        status = client.status()
+        _greedy(client, tokenizer.encode("Status check: " + PASSAGES[0]), max_tokens=8)
+        deadline = time.monotonic() + 15  # the gateway's snapshot of the workers' stats refreshes on its own
+        while (status := client.status())["pools"]["decode"]["workers"][0]["itl_ms"] <= 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
     assert status["ready"] and status["mode"] == "disaggregated"
     for pool in ("prefill", "decode"):
         assert status["pools"][pool]["actual_replicas"] == 1
         worker = status["pools"][pool]["workers"][0]
         assert worker["state"] == "ready" and worker["num_total_blocks"] > 0
+    # The decode engine's own gap between tokens (its step, by the EngineCore's clock): what a client's ITL
+    # is compared with; a prefill engine makes one token per request, so it has none.
+    assert 1 < status["pools"]["decode"]["workers"][0]["itl_ms"] < 5000
     assert status["transfers"]["bytes_total"] > 0 and status["transfers"]["num_completed"] > 0
 
 

@@ -107,6 +107,7 @@ class EngineStats:
     kv_usage: float = 0.0  # fraction of KV blocks held by requests
     num_free_blocks: int = 0
     num_total_blocks: int = 0
+    itl_ms: float = 0.0  # median gap between a request's tokens as the engine made them, lately (0: none yet)
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,13 @@ import logging
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 
 from orchestrator.api.pb import kv_pb2, kv_pb2_grpc
 from orchestrator.config import EngineConfig, ModelConfig
@@ -45,15 +47,22 @@ from workers.engine.base import (
     EngineStats,
     KVOutcome,
 )
+from workers.engine.vllm_plugin import BUSY_POLL_ENV
 
 log = logging.getLogger(__name__)
 
 STATS_REFRESH_S = 0.5
+TOKEN_GAPS_KEPT = 512  # the engine's inter-token gaps its `itl_ms` is the median of
 ENDPOINT_WAIT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 2.0
 CONNECTOR = "PdserveConnector"
 CONNECTOR_MODULE = "workers.kv.connector"
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def busy_poll(configured: bool | None, *, on_gpu: bool) -> bool:
+    """`engine.busy_poll`, with null resolved: vLLM's spinning only where the engine has cores to spare (GPUs)."""
+    return on_gpu if configured is None else configured
 
 
 class VllmEngine(BaseEngine):
@@ -82,6 +91,7 @@ class VllmEngine(BaseEngine):
         self._num_unfinished = 0  # requests whose generate() has not ended
         self._last_progress_s = time.monotonic()  # the last engine step, or the last request's arrival
         self._unhealthy = False  # health() found it dead or wedged once: shut down by force
+        self._token_gaps_s: deque[float] = deque(maxlen=TOKEN_GAPS_KEPT)  # for `EngineStats.itl_ms`
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -95,6 +105,8 @@ class VllmEngine(BaseEngine):
             endpoint_file, stats_file = directory / "endpoints.json", directory / "stats.json"
             key_file = _write_key(directory / "kv.key", self._kv_secret)
         args = AsyncEngineArgs(**self._engine_args(endpoint_file, stats_file, key_file))
+        # Read by pdserve's vLLM plugin in the EngineCore and worker processes this start spawns (they inherit it).
+        os.environ[BUSY_POLL_ENV] = "1" if busy_poll(self._config.busy_poll, on_gpu=_on_gpu()) else "0"
         try:
             try:
                 self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[self._stats_sink])
@@ -307,7 +319,8 @@ class VllmEngine(BaseEngine):
             usage = 1.0 - free / total
         running = int(getattr(latest, "num_running_reqs", 0) or 0)
         waiting = int(getattr(latest, "num_waiting_reqs", 0) or 0) + int(getattr(latest, "num_skipped_waiting_reqs", 0) or 0)
-        return EngineStats(running, waiting, usage, free, total)
+        itl_ms = float(np.median(self._token_gaps_s)) * 1e3 if self._token_gaps_s else 0.0
+        return EngineStats(running, waiting, usage, free, total, round(itl_ms, 3))
 
     async def _refresh_blocks(self) -> None:
         while True:
@@ -337,6 +350,8 @@ class VllmEngine(BaseEngine):
             def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
                        engine_idx: int = 0) -> None:
                 adapter._last_progress_s = time.monotonic()  # called once per engine step
+                if iteration_stats is not None:  # gaps between tokens by the EngineCore's own clock
+                    adapter._token_gaps_s.extend(iteration_stats.inter_token_latencies_iter)
                 if scheduler_stats is not None:
                     adapter._latest = scheduler_stats
 
