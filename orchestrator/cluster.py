@@ -177,7 +177,7 @@ class ServingCluster:
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
             controller = ray.remote(ControllerActor).options(
                 name=name, namespace=NAMESPACE, num_cpus=0, max_concurrency=1000, get_if_exists=False, max_restarts=-1,
-                scheduling_strategy=here,
+                scheduling_strategy=here, enable_task_events=False,  # as the workers' (controller._create)
             ).remote(config.model_dump(mode="json"), model_dir, name, _kv_secret(config))
             await _start_controller(controller)
             tokenizer = PromptTokenizer(model_dir, config.model.think_start, config.model.think_end) \

@@ -305,6 +305,9 @@ class ClusterController:
             "name": worker_id, "namespace": NAMESPACE, "num_cpus": pools.cpus_per_worker,
             "num_gpus": pools.gpus_per_worker, "resources": {tier: 1}, "max_concurrency": 10_000,
             "max_restarts": 0, "lifetime": "detached",  # outlives the controller: see orchestrator.recovery
+            # Ray's GCS keeps an event record of every task (up to 100,000 by default): with several calls per
+            # request and the health polls, it grew ~3 MB a minute under the soak's load. Not for these calls.
+            "enable_task_events": False,
         }
         self._actors[worker_id] = actual
         self._checkpoint()  # before the actor exists: a restarted controller never misses one
