@@ -10,6 +10,7 @@ For each workload, one after the other on this machine (nothing else should run 
 3. vLLM's own OpenAI server, one engine on both cores (`python -m vllm.entrypoints.openai.api_server`, float32 like pdserve's CPU default):
    what a user would run instead of pdserve on this machine.
    and `pdserve up --colocated --decode 1` (one engine on one core: issue 21's colocated baseline);
+   and `pdserve up` with `router.conditional_prefill: true` (conditional disaggregation);
 each driven by `pdserve bench` (open-loop Poisson arrivals, exact token-id prompts, `ignore_eos` outputs)
 with the same seed, so every system gets the same requests at the same times; the `streams-*` workload
 instead runs `streams.py` (closed-loop chat streams over the OpenAI API, prompts as text). Writes each
@@ -68,6 +69,12 @@ def _start_pdserve(extra: list[str], workdir: Path) -> tuple[subprocess.Popen, s
 def _libzmq_config(workdir: Path) -> Path:
     path = workdir / "config.yaml"
     path.write_text("kv:\n  zmq_receiver: libzmq\n")
+    return path
+
+
+def _conditional_config(workdir: Path) -> Path:
+    path = workdir / "config.yaml"
+    path.write_text("router:\n  conditional_prefill: true\n")
     return path
 
 
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default=",".join([*WORKLOADS, *STREAM_WORKLOADS]),
                         help="which workloads (comma-separated)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving")
-    parser.add_argument("--systems", help="only the systems whose names contain one of these (comma-separated), in that order")
+    parser.add_argument("--systems", help="only the systems named (exactly, or else containing) one of these (comma-separated), in that order")
     args = parser.parse_args(argv)
     from workers.modelstore import DEFAULT_NAME, resolve
 
@@ -168,12 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         "pdserve colocated x2": lambda d: _start_pdserve(["--colocated", "--decode", "2"], d),
         "pdserve colocated x1 (1 engine, 1 core)": lambda d: _start_pdserve(["--colocated", "--decode", "1"], d),
         "pdserve 1P+1D, libzmq KV receiver": lambda d: _start_pdserve(["--config", str(_libzmq_config(d))], d),
+        "pdserve 1P+1D, conditional prefill": lambda d: _start_pdserve(["--config", str(_conditional_config(d))], d),
         "vLLM server (1 engine, 2 cores)": lambda d: _start_vllm(model_dir, d),
     }
     if args.systems:
         chosen: dict = {}  # in the order asked for, so that a run can measure the same systems the other way round
         for wanted in args.systems.split(","):
-            matched = {name: start for name, start in systems.items() if wanted in name}
+            matched = ({name: start for name, start in systems.items() if name == wanted}  # exact first
+                       or {name: start for name, start in systems.items() if wanted in name})
             if not matched:
                 parser.error(f"--systems: {wanted!r} names none of the systems ({'; '.join(systems)})")
             chosen.update({name: start for name, start in matched.items() if name not in chosen})

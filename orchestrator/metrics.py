@@ -31,6 +31,10 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 TRANSFER_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 requests_total = Counter("pdserve_requests_total", "Requests dispatched to a tier.", ["tier"])
+prefill_placement_total = Counter(
+    "pdserve_prefill_placement_total",
+    "Where requests' prompts were routed to be prefilled: prefill_pool, decode_worker (conditional disaggregation, "
+    "or the decode worker held the prefix, or no prefill worker was ready) or colocated.", ["where"])
 requests_finished_total = Counter("pdserve_requests_finished_total", "Requests ended, by finish reason.", ["reason"])
 ttft_seconds = Histogram("pdserve_ttft_seconds", "Time from admission to the first token.", ["tier"],
                          buckets=LATENCY_BUCKETS_S)

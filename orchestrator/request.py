@@ -103,6 +103,7 @@ class Usage:
     decode_worker: str = ""
     kv_recomputed: bool = False
     prefill_skipped: bool = False
+    prefill_reason: str = ""  # why the router prefilled where it did (the prefill pool, or the decode worker itself)
 
     @property
     def total_tokens(self) -> int:

@@ -12,6 +12,15 @@ blocks it already holds for running requests. The prefill worker is the one with
 prompt work. When the decode worker holds at least `skip_prefill_min_fraction` of the prompt, the
 prefill tier is skipped and the decode worker computes the short rest itself.
 
+Conditional disaggregation (`conditional_prefill`): otherwise the prompt may still be prefilled on the
+chosen decode worker itself, when the measured costs say its first token comes sooner there and the
+streams it runs can afford the wait. With `prefill_ms_per_token` (measured per worker by the gateway)
+and the prefill worker's queued prompt tokens, the first token comes from the prefill pool after
+`(queued + new tokens) x its ms/token`, and from the decode worker after `new tokens x its ms/token`
+plus, when it is decoding, one step (`step_ms`, its engine's own inter-token gap). Each stream the
+decode worker runs waits for a local prefill once: allowed when it runs none, or when the prefill takes
+at most `max_local_prefill_stall_ms`. Until both costs are measured, the prefill pool is used.
+
 When no decode worker is ready (the pool's only worker failed and its replacement is starting), a
 prefill worker serves the whole request, colocated-style: its engine can decode too. That keeps a
 1P+1D cluster answering through a decode worker's restart, slower, instead of refusing everything.
@@ -41,6 +50,8 @@ class WorkerLoad:
     num_active_blocks: int = 0  # KV blocks held by running requests
     num_total_blocks: int = 0
     pending_prefill_tokens: int = 0  # prompt tokens dispatched and not yet prefilled
+    prefill_ms_per_token: float = 0.0  # measured cost of prefilling one prompt token here (0: not measured yet)
+    step_ms: float = 0.0  # measured decode step (its engine's gap between a request's tokens; 0: not measured)
 
     @property
     def routable(self) -> bool:
@@ -68,6 +79,7 @@ class RouteDecision:
     skip_prefill: bool
     reason: str
     degraded: bool = False  # no decode worker was ready: the "decode worker" is a prefill worker serving alone
+    local_prefill: bool = False  # conditional disaggregation chose the decode worker to prefill (see the module doc)
 
 
 def pick(request: RouteRequest, snapshot: ClusterSnapshot, prefix_matches: Mapping[str, int],
@@ -94,8 +106,30 @@ def pick(request: RouteRequest, snapshot: ClusterSnapshot, prefix_matches: Mappi
     if prefill is None:
         return RouteDecision(decode.worker_id, None, matched_tokens, True,
                              "no prefill worker ready: the decode worker computes the prompt")
+    if config.conditional_prefill:
+        local = _local_prefill_reason(request.num_prompt_tokens - matched_tokens, prefill, decode, config)
+        if local is not None:
+            return RouteDecision(decode.worker_id, None, matched_tokens, True, local, local_prefill=True)
     return RouteDecision(decode.worker_id, prefill.worker_id, matched_tokens, False,
                          f"prefill on the least-loaded worker; decode cost {_decode_cost(request, decode, prefix_matches, config):.0f} blocks")
+
+
+def _local_prefill_reason(new_tokens: int, prefill: WorkerLoad, decode: WorkerLoad, config: RouterConfig) -> str | None:
+    """Why the decode worker should prefill these `new_tokens` itself, or None (the prefill pool)."""
+    remote_rate = prefill.prefill_ms_per_token
+    local_rate = decode.prefill_ms_per_token or remote_rate  # same hardware until its own is measured
+    if remote_rate <= 0 or local_rate <= 0 or new_tokens <= 0:
+        return None
+    remote_ms = (prefill.pending_prefill_tokens + new_tokens) * remote_rate
+    local_ms = new_tokens * local_rate
+    wait_ms = local_ms + (decode.step_ms if decode.num_running else 0.0)
+    if wait_ms >= remote_ms:
+        return None
+    if decode.num_running and local_ms > config.max_local_prefill_stall_ms:
+        return None
+    return (f"prefill on the decode worker: first token in ~{wait_ms:.0f} ms there against ~{remote_ms:.0f} ms "
+            f"from the prefill pool ({prefill.pending_prefill_tokens} tokens queued); "
+            + (f"its {decode.num_running} streams wait ~{local_ms:.0f} ms once" if decode.num_running else "it was idle"))
 
 
 def _decode_cost(request: RouteRequest, worker: WorkerLoad, prefix_matches: Mapping[str, int],

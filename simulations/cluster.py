@@ -45,6 +45,7 @@ from simulations.request import SimRequest
 from simulations.timing import BaseTiming, CoefficientTiming, RooflineTiming
 
 ENGINE_CACHE_BLOCKS = 1 << 16  # prompt blocks a prefill engine's own prefix cache remembers
+PREFILL_COST_TOKENS = 256  # the prompt length whose ms per token stands for a prefill engine's measured cost
 
 
 def build_timing(config: SimConfig, tier: str, power: PowerModel) -> BaseTiming:
@@ -197,10 +198,14 @@ class Cluster:
         """Every engine's load as the router sees it."""
         def load(engine: Engine) -> WorkerLoad:
             block = 32
+            # What the gateway measures live (conditional disaggregation's costs), from the engine's timing.
+            per_token = engine.timing.prefill_ms([(PREFILL_COST_TOKENS, 0)]) / PREFILL_COST_TOKENS
+            step = engine.timing.decode_ms(len(engine.running), engine.sum_context) if engine.running else 0.0
             return WorkerLoad(engine.worker_id, engine.tier, ready=engine.ready_s <= now, draining=engine.draining,
                               num_running=len(engine.running), num_waiting=engine.num_waiting,
                               num_active_blocks=engine.kv_used // block, num_total_blocks=engine.kv_capacity // block,
-                              pending_prefill_tokens=engine.pending_prefill_tokens)
+                              pending_prefill_tokens=engine.pending_prefill_tokens, prefill_ms_per_token=per_token,
+                              step_ms=step)
         loads = [load(e) for e in self.engines.values()]
         return ClusterSnapshot(prefill=tuple(w for w in loads if w.tier == "prefill"),
                                decode=tuple(w for w in loads if w.tier != "prefill"))

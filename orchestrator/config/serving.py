@@ -129,3 +129,12 @@ class RouterConfig(ConfigModel):
     prefix_cache_blocks: int = Field(
         65_536, ge=0, description="Prompt-block hashes remembered per decode worker for prefix-aware routing."
     )
+    conditional_prefill: bool = Field(
+        False, description="Conditional disaggregation: prefill a prompt on the chosen decode worker itself when the measured "
+        "costs say its first token comes sooner there (the prefill pool is backed up, or the prompt is short and the "
+        "decode worker idle); false: always the prefill pool."
+    )
+    max_local_prefill_stall_ms: float = Field(
+        100.0, ge=0, description="The longest a local prefill may hold up the streams a decode worker is running (each "
+        "waits for it once); a decode worker running none may take any prompt whose first token comes sooner there."
+    )

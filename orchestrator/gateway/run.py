@@ -102,6 +102,7 @@ class RequestRun:
         self.span = tracing.tracer().start_span("request", attributes={
             "request_id": request.request_id, "tenant": request.tenant, "prompt_tokens": len(prompt_ids)})
         self._first_tier = "decode"
+        self._stream_started: tuple[float, bool] = (0.0, False)
 
     # ---- the stream ------------------------------------------------------------------------------
 
@@ -133,6 +134,11 @@ class RequestRun:
         route = self.gateway.route(self.prompt_ids, record=True)
         decode = self.gateway.worker(route.decode_worker)
         self.usage_extra["decode_worker"] = route.decode_worker
+        self.usage_extra["prefill_reason"] = route.reason
+        placement = "prefill_pool" if route.prefill_worker is not None else (
+            "colocated" if decode.tier == "colocated" else "decode_worker")
+        metrics.prefill_placement_total.labels(where=placement).inc()
+        self.span.set_attributes({"prefill_placement": placement, "prefill_reason": route.reason})
         if route.degraded:
             metrics.degraded_requests_total.inc()
             log.warning("request %s: %s (%s)", self.request.request_id, route.reason, route.decode_worker)
@@ -175,7 +181,9 @@ class RequestRun:
         engine_request = self._engine_request(f"{self.engine_key}-p", self.prompt_ids, 1, kv_push=push)
         metrics.requests_total.labels(tier="prefill").inc()
         started = self._now()
-        self.gateway.local_load(prefill.worker_id).pending_prefill_tokens += len(self.prompt_ids)
+        load = self.gateway.local_load(prefill.worker_id)
+        found_free = load.pending_prefill_tokens == 0
+        load.pending_prefill_tokens += len(self.prompt_ids)
         try:
             result = await self._call(prefill, engine_request, prefill.handle.prefill.remote(engine_request))
             self._active.pop(engine_request.request_id, None)
@@ -191,6 +199,8 @@ class RequestRun:
         if result.first_token is None:  # aborted under us (worker stopping): compute on decode instead
             self.usage_extra["kv_recomputed"] = True
             return None, False
+        if found_free:
+            load.observe_prefill(result.engine_ms, len(self.prompt_ids) - result.num_cached_tokens)
         self.meter.observe_cached(result.num_cached_tokens)
         budget_metrics.observe_prefill(self.meter)
         self._prefill_observed = True
@@ -235,6 +245,7 @@ class RequestRun:
         if not receive:
             self.meter.enter("prefill", self._now())  # the decode worker computes the prompt first
         load = self.gateway.local_load(decode.worker_id)
+        self._stream_started = (self._now(), load.running == 0 and not receive)  # a prefill on a free worker: a cost sample
         load.running += 1
         try:
             stream = decode.handle.generate.options(num_returns="streaming").remote(engine_request)
@@ -247,7 +258,7 @@ class RequestRun:
                 outputs = await self._call(decode, engine_request, ref)
                 for output in outputs:
                     if first:
-                        self._observe_first_output(output, receive)
+                        self._observe_first_output(output, receive, decode.worker_id)
                         first = False
                     chunk = self._accept(output.token_ids, ENGINE_FINISH.get(output.finish_reason or "")
                                          if output.finished else None)
@@ -264,8 +275,12 @@ class RequestRun:
         finally:
             load.running -= 1
 
-    def _observe_first_output(self, output: Any, receive: bool) -> None:
+    def _observe_first_output(self, output: Any, receive: bool, worker_id: str = "") -> None:
         self.meter.enter("decode", self._now())
+        started, free = self._stream_started
+        if free and not self.generated:  # the prompt alone (not a migration's prompt + tokens), on a free worker
+            self.gateway.local_load(worker_id).observe_prefill(
+                (self._now() - started) * 1000, len(self.prompt_ids) - output.num_cached_tokens)
         if not self._prefill_observed:  # the decode worker computed the prompt: its cache hits count
             self.meter.observe_cached(output.num_cached_tokens)
             budget_metrics.observe_prefill(self.meter)
@@ -323,7 +338,7 @@ class RequestRun:
 
     def usage(self) -> Usage:
         usage = self.meter.usage
-        for name in ("prefill_worker", "decode_worker", "kv_recomputed", "prefill_skipped"):
+        for name in ("prefill_worker", "decode_worker", "kv_recomputed", "prefill_skipped", "prefill_reason"):
             if name in self.usage_extra:
                 setattr(usage, name, self.usage_extra[name])
         return usage

@@ -44,6 +44,8 @@ PROMPT_CACHE_SIZE = 4096
 REPORT_INTERVAL_S = 1.0
 CONTROLLER_CALL_TIMEOUT_S = 10.0
 TRANSFER_RATE_WINDOW_S = 30.0
+PREFILL_COST_WEIGHT = 0.2  # of the newest prefill in a worker's measured ms per prompt token
+PREFILL_COST_MIN_TOKENS = 16  # shorter prompts are mostly fixed cost: not a per-token measure
 
 
 @dataclass
@@ -65,10 +67,19 @@ class WorkerView:
 
 @dataclass
 class LocalLoad:
-    """What this gateway dispatched to a worker and is still running there."""
+    """What this gateway dispatched to a worker and is still running there, and what a prefill cost there."""
 
     running: int = 0
     pending_prefill_tokens: int = 0
+    prefill_ms_per_token: float = 0.0  # moving average over prefills that found the worker free (0: none yet)
+
+    def observe_prefill(self, engine_ms: float, new_tokens: int) -> None:
+        """One prefill of `new_tokens` uncached tokens took `engine_ms` on a worker that had nothing queued."""
+        if new_tokens < PREFILL_COST_MIN_TOKENS or engine_ms <= 0:
+            return
+        sample = engine_ms / new_tokens
+        self.prefill_ms_per_token = sample if not self.prefill_ms_per_token else (
+            (1 - PREFILL_COST_WEIGHT) * self.prefill_ms_per_token + PREFILL_COST_WEIGHT * sample)
 
 
 @dataclass
@@ -432,4 +443,5 @@ class Gateway(BaseGateway):
             worker_id=view.worker_id, tier=view.tier, ready=view.state == "ready", draining=view.state == "draining",
             num_running=local.running, num_waiting=engine.num_waiting if engine else 0, num_active_blocks=used,
             num_total_blocks=engine.num_total_blocks if engine else 0,
-            pending_prefill_tokens=local.pending_prefill_tokens)
+            pending_prefill_tokens=local.pending_prefill_tokens, prefill_ms_per_token=local.prefill_ms_per_token,
+            step_ms=getattr(engine, "itl_ms", 0.0) if engine else 0.0)

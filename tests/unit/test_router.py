@@ -84,3 +84,44 @@ def test_prefix_index_is_bounded_lru():
     assert index.match("d0", [2, 3, 4]) == 3
     index.forget("d0")
     assert index.match("d0", [2]) == 0
+
+
+# ---- conditional disaggregation ------------------------------------------------------------------------
+
+ON = RouterConfig(conditional_prefill=True, max_local_prefill_stall_ms=100)
+
+
+def _costed(pending=0, running=0, prefill_rate=1.0, decode_rate=0.0, step_ms=30.0):
+    return _snapshot(prefill=[WorkerLoad("p0", "prefill", pending_prefill_tokens=pending, prefill_ms_per_token=prefill_rate)],
+                     decode=[WorkerLoad("d0", "decode", num_running=running, prefill_ms_per_token=decode_rate,
+                                        step_ms=step_ms)])
+
+
+def test_a_backed_up_prefill_pool_sends_the_prompt_to_an_idle_decode_worker():
+    decision = pick(RouteRequest(200), _costed(pending=600), {}, ON)
+    assert (decision.prefill_worker, decision.decode_worker) == (None, "d0")
+    assert decision.local_prefill and decision.skip_prefill
+    assert "~200 ms there against ~800 ms from the prefill pool (600 tokens queued)" in decision.reason
+    assert "it was idle" in decision.reason
+
+
+def test_an_idle_prefill_pool_keeps_the_prompt_when_the_costs_tie():
+    decision = pick(RouteRequest(200), _costed(pending=0), {}, ON)
+    assert decision.prefill_worker == "p0" and not decision.local_prefill
+
+
+def test_a_busy_decode_worker_prefills_only_within_its_streams_stall_bound():
+    short = pick(RouteRequest(60), _costed(pending=400, running=3), {}, ON)  # 60 ms + a 30 ms step < 460 ms
+    assert short.local_prefill and "its 3 streams wait ~60 ms once" in short.reason
+    long = pick(RouteRequest(150), _costed(pending=400, running=3), {}, ON)  # 150 ms > the 100 ms bound
+    assert long.prefill_worker == "p0" and not long.local_prefill
+
+
+def test_a_decode_worker_measured_slower_keeps_the_pool():
+    decision = pick(RouteRequest(200), _costed(pending=100, decode_rate=2.0), {}, ON)  # 400 ms local, 300 ms pool
+    assert decision.prefill_worker == "p0"
+
+
+def test_no_local_prefill_until_measured_or_when_turned_off():
+    assert pick(RouteRequest(200), _costed(pending=600, prefill_rate=0.0), {}, ON).prefill_worker == "p0"
+    assert pick(RouteRequest(200), _costed(pending=600), {}, RouterConfig(conditional_prefill=False)).prefill_worker == "p0"

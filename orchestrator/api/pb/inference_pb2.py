@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apdserve/v1/inference.proto\x12\npdserve.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"9\n\x0c\x43hatMessages\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.pdserve.v1.ChatMessage\"\xdc\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\x92\x03\n\x06\x42udget\x12 \n\x13max_thinking_tokens\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12 \n\x13min_thinking_tokens\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x1e\n\x11max_output_tokens\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x1d\n\x10max_total_tokens\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x18\n\x0b\x64\x65\x61\x64line_ms\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0cmax_cost_usd\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x19\n\x0cmax_energy_j\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x16\n\x0estart_thinking\x18\t \x01(\x08\x42\x16\n\x14_max_thinking_tokensB\x16\n\x14_min_thinking_tokensB\x14\n\x12_max_output_tokensB\x13\n\x11_max_total_tokensB\x0e\n\x0c_deadline_msB\x0f\n\r_max_cost_usdB\x0f\n\r_max_energy_j\"\xf9\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12)\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x14.pdserve.v1.TokenIdsH\x00\x12,\n\x08messages\x18\x05 \x01(\x0b\x32\x18.pdserve.v1.ChatMessagesH\x00\x12,\n\x08sampling\x18\x06 \x01(\x0b\x32\x1a.pdserve.v1.SamplingParams\x12\"\n\x06\x62udget\x18\x07 \x01(\x0b\x32\x12.pdserve.v1.BudgetB\x08\n\x06prompt\"\xb6\x02\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x15\n\rcached_tokens\x18\x02 \x01(\x03\x12\x17\n\x0fthinking_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x10\n\x08\x65nergy_j\x18\x05 \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x06 \x01(\x01\x12\x10\n\x08queue_ms\x18\x07 \x01(\x01\x12\x12\n\nprefill_ms\x18\x08 \x01(\x01\x12\x13\n\x0btransfer_ms\x18\t \x01(\x01\x12\x11\n\tdecode_ms\x18\n \x01(\x01\x12\x16\n\x0eprefill_worker\x18\x0b \x01(\t\x12\x15\n\rdecode_worker\x18\x0c \x01(\t\x12\x15\n\rkv_recomputed\x18\r \x01(\x08\x12\x17\n\x0fprefill_skipped\x18\x0e \x01(\x08\"\xa9\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.pdserve.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.pdserve.v1.Usage\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x13\n\x11ListModelsRequest\"@\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\x03\x12\x10\n\x08owned_by\x18\x03 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.pdserve.v1.ModelInfo\"\x19\n\x17GetClusterStatusRequest\"/\n\x18GetClusterStatusResponse\x12\x13\n\x0bstatus_json\x18\x01 \x01(\t*\x93\x02\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12!\n\x1d\x46INISH_REASON_THINKING_BUDGET\x10\x03\x12\x1e\n\x1a\x46INISH_REASON_TOTAL_BUDGET\x10\x04\x12\x1a\n\x16\x46INISH_REASON_DEADLINE\x10\x05\x12\x1d\n\x19\x46INISH_REASON_COST_BUDGET\x10\x06\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x07\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x08\x32\xc1\x02\n\tInference\x12G\n\x08Generate\x12\x1b.pdserve.v1.GenerateRequest\x1a\x1c.pdserve.v1.GenerateResponse0\x01\x12?\n\x06\x43\x61ncel\x12\x19.pdserve.v1.CancelRequest\x1a\x1a.pdserve.v1.CancelResponse\x12K\n\nListModels\x12\x1d.pdserve.v1.ListModelsRequest\x1a\x1e.pdserve.v1.ListModelsResponse\x12]\n\x10GetClusterStatus\x12#.pdserve.v1.GetClusterStatusRequest\x1a$.pdserve.v1.GetClusterStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apdserve/v1/inference.proto\x12\npdserve.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"9\n\x0c\x43hatMessages\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.pdserve.v1.ChatMessage\"\xdc\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\x92\x03\n\x06\x42udget\x12 \n\x13max_thinking_tokens\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12 \n\x13min_thinking_tokens\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x1e\n\x11max_output_tokens\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x1d\n\x10max_total_tokens\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x18\n\x0b\x64\x65\x61\x64line_ms\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0cmax_cost_usd\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x19\n\x0cmax_energy_j\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x16\n\x0estart_thinking\x18\t \x01(\x08\x42\x16\n\x14_max_thinking_tokensB\x16\n\x14_min_thinking_tokensB\x14\n\x12_max_output_tokensB\x13\n\x11_max_total_tokensB\x0e\n\x0c_deadline_msB\x0f\n\r_max_cost_usdB\x0f\n\r_max_energy_j\"\xf9\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12)\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x14.pdserve.v1.TokenIdsH\x00\x12,\n\x08messages\x18\x05 \x01(\x0b\x32\x18.pdserve.v1.ChatMessagesH\x00\x12,\n\x08sampling\x18\x06 \x01(\x0b\x32\x1a.pdserve.v1.SamplingParams\x12\"\n\x06\x62udget\x18\x07 \x01(\x0b\x32\x12.pdserve.v1.BudgetB\x08\n\x06prompt\"\xce\x02\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x15\n\rcached_tokens\x18\x02 \x01(\x03\x12\x17\n\x0fthinking_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x10\n\x08\x65nergy_j\x18\x05 \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x06 \x01(\x01\x12\x10\n\x08queue_ms\x18\x07 \x01(\x01\x12\x12\n\nprefill_ms\x18\x08 \x01(\x01\x12\x13\n\x0btransfer_ms\x18\t \x01(\x01\x12\x11\n\tdecode_ms\x18\n \x01(\x01\x12\x16\n\x0eprefill_worker\x18\x0b \x01(\t\x12\x15\n\rdecode_worker\x18\x0c \x01(\t\x12\x15\n\rkv_recomputed\x18\r \x01(\x08\x12\x17\n\x0fprefill_skipped\x18\x0e \x01(\x08\x12\x16\n\x0eprefill_reason\x18\x0f \x01(\t\"\xa9\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.pdserve.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.pdserve.v1.Usage\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x13\n\x11ListModelsRequest\"@\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\x03\x12\x10\n\x08owned_by\x18\x03 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.pdserve.v1.ModelInfo\"\x19\n\x17GetClusterStatusRequest\"/\n\x18GetClusterStatusResponse\x12\x13\n\x0bstatus_json\x18\x01 \x01(\t*\x93\x02\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12!\n\x1d\x46INISH_REASON_THINKING_BUDGET\x10\x03\x12\x1e\n\x1a\x46INISH_REASON_TOTAL_BUDGET\x10\x04\x12\x1a\n\x16\x46INISH_REASON_DEADLINE\x10\x05\x12\x1d\n\x19\x46INISH_REASON_COST_BUDGET\x10\x06\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x07\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x08\x32\xc1\x02\n\tInference\x12G\n\x08Generate\x12\x1b.pdserve.v1.GenerateRequest\x1a\x1c.pdserve.v1.GenerateResponse0\x01\x12?\n\x06\x43\x61ncel\x12\x19.pdserve.v1.CancelRequest\x1a\x1a.pdserve.v1.CancelResponse\x12K\n\nListModels\x12\x1d.pdserve.v1.ListModelsRequest\x1a\x1e.pdserve.v1.ListModelsResponse\x12]\n\x10GetClusterStatus\x12#.pdserve.v1.GetClusterStatusRequest\x1a$.pdserve.v1.GetClusterStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pdserve.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1836
-  _globals['_FINISHREASON']._serialized_end=2111
+  _globals['_FINISHREASON']._serialized_start=1860
+  _globals['_FINISHREASON']._serialized_end=2135
   _globals['_CHATMESSAGE']._serialized_start=42
   _globals['_CHATMESSAGE']._serialized_end=86
   _globals['_TOKENIDS']._serialized_start=88
@@ -46,23 +46,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST']._serialized_start=801
   _globals['_GENERATEREQUEST']._serialized_end=1050
   _globals['_USAGE']._serialized_start=1053
-  _globals['_USAGE']._serialized_end=1363
-  _globals['_GENERATERESPONSE']._serialized_start=1366
-  _globals['_GENERATERESPONSE']._serialized_end=1535
-  _globals['_CANCELREQUEST']._serialized_start=1537
-  _globals['_CANCELREQUEST']._serialized_end=1572
-  _globals['_CANCELRESPONSE']._serialized_start=1574
-  _globals['_CANCELRESPONSE']._serialized_end=1609
-  _globals['_LISTMODELSREQUEST']._serialized_start=1611
-  _globals['_LISTMODELSREQUEST']._serialized_end=1630
-  _globals['_MODELINFO']._serialized_start=1632
-  _globals['_MODELINFO']._serialized_end=1696
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1698
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1757
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=1759
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=1784
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=1786
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=1833
-  _globals['_INFERENCE']._serialized_start=2114
-  _globals['_INFERENCE']._serialized_end=2435
+  _globals['_USAGE']._serialized_end=1387
+  _globals['_GENERATERESPONSE']._serialized_start=1390
+  _globals['_GENERATERESPONSE']._serialized_end=1559
+  _globals['_CANCELREQUEST']._serialized_start=1561
+  _globals['_CANCELREQUEST']._serialized_end=1596
+  _globals['_CANCELRESPONSE']._serialized_start=1598
+  _globals['_CANCELRESPONSE']._serialized_end=1633
+  _globals['_LISTMODELSREQUEST']._serialized_start=1635
+  _globals['_LISTMODELSREQUEST']._serialized_end=1654
+  _globals['_MODELINFO']._serialized_start=1656
+  _globals['_MODELINFO']._serialized_end=1720
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1722
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1781
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=1783
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=1808
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=1810
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=1857
+  _globals['_INFERENCE']._serialized_start=2138
+  _globals['_INFERENCE']._serialized_end=2459
 # @@protoc_insertion_point(module_scope)

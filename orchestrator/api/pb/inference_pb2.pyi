@@ -107,7 +107,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., messages: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "cached_tokens", "thinking_tokens", "output_tokens", "energy_j", "cost_usd", "queue_ms", "prefill_ms", "transfer_ms", "decode_ms", "prefill_worker", "decode_worker", "kv_recomputed", "prefill_skipped")
+    __slots__ = ("prompt_tokens", "cached_tokens", "thinking_tokens", "output_tokens", "energy_j", "cost_usd", "queue_ms", "prefill_ms", "transfer_ms", "decode_ms", "prefill_worker", "decode_worker", "kv_recomputed", "prefill_skipped", "prefill_reason")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     THINKING_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class Usage(_message.Message):
     DECODE_WORKER_FIELD_NUMBER: _ClassVar[int]
     KV_RECOMPUTED_FIELD_NUMBER: _ClassVar[int]
     PREFILL_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_REASON_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     cached_tokens: int
     thinking_tokens: int
@@ -136,7 +137,8 @@ class Usage(_message.Message):
     decode_worker: str
     kv_recomputed: bool
     prefill_skipped: bool
-    def __init__(self, prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., thinking_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., transfer_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., prefill_worker: _Optional[str] = ..., decode_worker: _Optional[str] = ..., kv_recomputed: _Optional[bool] = ..., prefill_skipped: _Optional[bool] = ...) -> None: ...
+    prefill_reason: str
+    def __init__(self, prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., thinking_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., transfer_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., prefill_worker: _Optional[str] = ..., decode_worker: _Optional[str] = ..., kv_recomputed: _Optional[bool] = ..., prefill_skipped: _Optional[bool] = ..., prefill_reason: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("request_id", "token_ids", "text", "finish_reason", "usage", "error")
