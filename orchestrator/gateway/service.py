@@ -118,6 +118,7 @@ class Gateway(BaseGateway):
         self._failures_seen: set[str] = set()
         self._auth_failures_seen: dict[str, int] = {}  # worker -> its kv_auth_failures already counted
         self.controller_restarts = 0  # as the controller last said
+        self._handles: dict[str, Any] = {}  # worker id -> its actor handle, sent by the controller once
 
     # ---- life cycle ------------------------------------------------------------------------------
 
@@ -138,15 +139,17 @@ class Gateway(BaseGateway):
         """Read the controller's snapshot of the workers."""
         try:
             records, recovery = await asyncio.wait_for(asyncio.gather(
-                self.controller.snapshot.remote(), self.controller.recovery_state.remote()), CONTROLLER_CALL_TIMEOUT_S)
+                self.controller.snapshot.remote(tuple(self._handles)), self.controller.recovery_state.remote()),
+                CONTROLLER_CALL_TIMEOUT_S)
             self._controller_error = ""
         except Exception as exc:  # the controller is restarting or stuck: keep serving on the last view
             self._controller_error = f"controller unreachable ({type(exc).__name__}): serving on the last snapshot"
             log.warning("gateway: %s: %s", self._controller_error, exc)
             return
         self._observe_controller(recovery["controller_restarts"])
-        self._views = {r["worker_id"]: WorkerView(r["worker_id"], r["tier"], r["handle"], r["state"], r["info"], r["stats"],
-                                                  r.get("error", ""))
+        self._handles = {r["worker_id"]: r["handle"] or self._handles.get(r["worker_id"]) for r in records}  # asked once each
+        self._views = {r["worker_id"]: WorkerView(r["worker_id"], r["tier"], self._handles[r["worker_id"]], r["state"],
+                                                  r["info"], r["stats"], r.get("error", ""))
                        for r in records}
         self._observe_workers()
         for worker_id in set(self._local) - set(self._views):

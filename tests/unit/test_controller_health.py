@@ -59,3 +59,14 @@ def test_a_worker_that_began_to_stop_during_its_check_is_not_failed():
     record.handle = SimpleNamespace(stats=SimpleNamespace(remote=stats_while_stopping))
     asyncio.run(controller.check_health())
     assert record.state == "stopping" and controller.workers == {record.worker_id: record}
+
+
+def test_the_snapshot_leaves_out_the_handles_the_caller_already_holds():
+    controller = _controller()
+    for worker_id in ("decode-1", "prefill-2"):
+        controller.workers[worker_id] = WorkerRecord(worker_id, worker_id.split("-")[0], handle=f"handle of {worker_id}")
+    assert {w["worker_id"]: w["handle"] for w in controller.snapshot()} == {
+        "decode-1": "handle of decode-1", "prefill-2": "handle of prefill-2"}
+    assert {w["worker_id"]: w["handle"] for w in controller.snapshot(("decode-1",))} == {
+        "decode-1": None, "prefill-2": "handle of prefill-2"}
+    assert controller.workers["decode-1"].handle == "handle of decode-1"  # the record keeps it
