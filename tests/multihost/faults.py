@@ -329,12 +329,14 @@ def scale_during_faults(chaos: Chaos) -> FaultCounts:
     killed: list[float] = []
 
     def faults() -> None:
-        victim = _busiest_decode(chaos)
+        # Found before the scale-down starts: the controller may retire this very worker, and once its engine
+        # stopped there is nothing listening to find it by (a clean-clone CI lost that race once).
+        engine = chaos.engine(_busiest_decode(chaos))
         partition = threading.Thread(target=_partition, args=(chaos,))
         partition.start()
         scale_down = threading.Thread(target=chaos.scale, args=("decode", 1))
         scale_down.start()
-        killed.append(_kill(chaos.engine(victim)))
+        killed.append(_kill(engine))
         scale_down.join()
         partition.join()
         chaos.scale("decode", NUM_DECODE)
