@@ -176,8 +176,9 @@ class RequestRun:
         """Run the prefill; (the first token's chunk, whether the decode worker receives the KV)."""
         self.meter.enter("prefill", self._now())
         self.usage_extra["prefill_worker"] = prefill.worker_id
+        # A request that ends with its first token needs no KV on the decode side: nothing would ever claim it.
         push = KVPush(self.transfer_id, decode.info.kv_endpoint(self.gateway.config.kv.transport), len(self.prompt_ids),
-                      decode.info.kv_control_endpoint or "")
+                      decode.info.kv_control_endpoint or "") if self.limit > 1 else None
         engine_request = self._engine_request(f"{self.engine_key}-p", self.prompt_ids, 1, kv_push=push)
         metrics.requests_total.labels(tier="prefill").inc()
         started = self._now()
@@ -208,7 +209,7 @@ class RequestRun:
         # Only an end-of-sequence first token ends the request: "length" is the prefill's own max_tokens=1.
         chunk = self._accept([result.first_token], FinishReason.STOP if result.finish_reason == "stop" else None)
         self.meter.enter("transfer", self._now())
-        return chunk, True
+        return chunk, push is not None
 
     # ---- decode ------------------------------------------------------------------------------------
 

@@ -215,3 +215,17 @@ def test_one_trace_per_request_spans_the_gateway_and_both_workers(serving, trace
     assert by_name["prefill"][0] == "pdserve-prefill" and by_name["decode"][0] == "pdserve-decode"
     root = by_name["request"][1]
     assert all(span.parent_span_id == root.span_id for name, (_, span) in by_name.items() if name != "request")
+
+
+def test_a_request_that_ends_with_its_first_token_moves_no_kv(serving, tokenizer):
+    """The prefill's first token is the whole answer: no decode worker will claim KV, so none is pushed."""
+    import time
+
+    with Client(serving.grpc_target) as client:
+        time.sleep(2)  # the counters of earlier tests' transfers settle (engine and gateway refreshes)
+        before = client.status()["transfers"]["bytes_total"]
+        answer = client.generate(tokenizer.encode("One token: " + PASSAGES[2]), max_tokens=1, temperature=0)
+        time.sleep(2)
+        after = client.status()["transfers"]["bytes_total"]
+    assert answer.usage.prefill_worker and answer.usage.output_tokens == 1 and len(answer.token_ids) == 1
+    assert after == before
