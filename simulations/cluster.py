@@ -196,11 +196,13 @@ class Cluster:
     # Routing -----------------------------------------------------------------------------------
     def snapshot(self, now: float) -> ClusterSnapshot:
         """Every engine's load as the router sees it."""
+        costs = self.config.router.conditional_prefill  # only its decision reads them: not on every route otherwise
+
         def load(engine: Engine) -> WorkerLoad:
             block = 32
             # What the gateway measures live (conditional disaggregation's costs), from the engine's timing.
-            per_token = engine.timing.prefill_ms([(PREFILL_COST_TOKENS, 0)]) / PREFILL_COST_TOKENS
-            step = engine.timing.decode_ms(len(engine.running), engine.sum_context) if engine.running else 0.0
+            per_token = engine.timing.prefill_ms([(PREFILL_COST_TOKENS, 0)]) / PREFILL_COST_TOKENS if costs else 0.0
+            step = engine.timing.decode_ms(len(engine.running), engine.sum_context) if costs and engine.running else 0.0
             return WorkerLoad(engine.worker_id, engine.tier, ready=engine.ready_s <= now, draining=engine.draining,
                               num_running=len(engine.running), num_waiting=engine.num_waiting,
                               num_active_blocks=engine.kv_used // block, num_total_blocks=engine.kv_capacity // block,

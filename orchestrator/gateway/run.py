@@ -102,7 +102,6 @@ class RequestRun:
         self.span = tracing.tracer().start_span("request", attributes={
             "request_id": request.request_id, "tenant": request.tenant, "prompt_tokens": len(prompt_ids)})
         self._first_tier = "decode"
-        self._stream_started: tuple[float, bool] = (0.0, False)
 
     # ---- the stream ------------------------------------------------------------------------------
 
@@ -246,7 +245,8 @@ class RequestRun:
         if not receive:
             self.meter.enter("prefill", self._now())  # the decode worker computes the prompt first
         load = self.gateway.local_load(decode.worker_id)
-        self._stream_started = (self._now(), load.running == 0 and not receive)  # a prefill on a free worker: a cost sample
+        # The prompt alone (not a migration's prompt + tokens) computed by a free worker: a sample of its prefill cost.
+        started, cost_sample = self._now(), load.running == 0 and not receive and not self.generated
         load.running += 1
         try:
             stream = decode.handle.generate.options(num_returns="streaming").remote(engine_request)
@@ -259,7 +259,10 @@ class RequestRun:
                 outputs = await self._call(decode, engine_request, ref)
                 for output in outputs:
                     if first:
-                        self._observe_first_output(output, receive, decode.worker_id)
+                        self._observe_first_output(output, receive)
+                        if cost_sample:
+                            load.observe_prefill((self._now() - started) * 1000,
+                                                 len(self.prompt_ids) - output.num_cached_tokens)
                         first = False
                     chunk = self._accept(output.token_ids, ENGINE_FINISH.get(output.finish_reason or "")
                                          if output.finished else None)
@@ -276,12 +279,8 @@ class RequestRun:
         finally:
             load.running -= 1
 
-    def _observe_first_output(self, output: Any, receive: bool, worker_id: str = "") -> None:
+    def _observe_first_output(self, output: Any, receive: bool) -> None:
         self.meter.enter("decode", self._now())
-        started, free = self._stream_started
-        if free and not self.generated:  # the prompt alone (not a migration's prompt + tokens), on a free worker
-            self.gateway.local_load(worker_id).observe_prefill(
-                (self._now() - started) * 1000, len(self.prompt_ids) - output.num_cached_tokens)
         if not self._prefill_observed:  # the decode worker computed the prompt: its cache hits count
             self.meter.observe_cached(output.num_cached_tokens)
             budget_metrics.observe_prefill(self.meter)

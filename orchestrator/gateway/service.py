@@ -447,4 +447,4 @@ class Gateway(BaseGateway):
             num_running=local.running, num_waiting=engine.num_waiting if engine else 0, num_active_blocks=used,
             num_total_blocks=engine.num_total_blocks if engine else 0,
             pending_prefill_tokens=local.pending_prefill_tokens, prefill_ms_per_token=local.prefill_ms_per_token,
-            step_ms=getattr(engine, "itl_ms", 0.0) if engine else 0.0)
+            step_ms=engine.itl_ms if engine else 0.0)

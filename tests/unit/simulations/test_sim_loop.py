@@ -83,3 +83,18 @@ def test_a_request_larger_than_the_kv_cache_is_refused_not_dropped(small_config)
     summary, result = simulate(small_config(), huge)
     assert result.requests[0].finish_reason == "error" and "KV" in result.requests[0].error
     assert summary["num_refused"] == 1 and summary["num_served"] == 1
+
+
+def test_conditional_disaggregation_routes_with_the_live_router_and_its_costs(small_config, chat_workload):
+    """With the prefill pool backed up, the simulated router (the live `router.pick`, fed each engine's timing as
+    the measured costs) prefills some prompts on decode engines; turned off, none; every request still ends."""
+    from orchestrator.config import RouterConfig
+    from simulations.run import scaled
+
+    busy = scaled(chat_workload, 6.0)
+    on, on_result = simulate(small_config(router=RouterConfig(conditional_prefill=True)), busy)
+    off, off_result = simulate(small_config(), busy)
+    local = sum(r.prefill_skipped for r in on_result.requests)
+    assert 0 < local < len(busy) and sum(r.prefill_skipped for r in off_result.requests) == 0
+    assert on["num_unfinished"] == off["num_unfinished"] == 0
+    assert on["output_tokens"] == off["output_tokens"] == sum(r.output_tokens for r in busy)
