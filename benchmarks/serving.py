@@ -8,9 +8,9 @@ For each workload, one after the other on this machine (nothing else should run 
    and `pdserve up` with `kv.zmq_receiver: libzmq` (the decode worker receives KV with libzmq's PULL
    socket and copies it into the cache, instead of pdserve's direct receiver);
 3. vLLM's own OpenAI server, one engine on both cores (`python -m vllm.entrypoints.openai.api_server`, float32 like pdserve's CPU default):
-   what a user would run instead of pdserve on this machine.
-   and `pdserve up --colocated --decode 1` (one engine on one core: issue 21's colocated baseline);
-   and `pdserve up` with `router.conditional_prefill: true` (conditional disaggregation);
+   what a user would run instead of pdserve on this machine;
+4. `pdserve up --colocated --decode 1` (one engine on one core: issue 21's colocated baseline), and `pdserve
+   up` with `router.conditional_prefill: true` (conditional disaggregation);
 each driven by `pdserve bench` (open-loop Poisson arrivals, exact token-id prompts, `ignore_eos` outputs)
 with the same seed, so every system gets the same requests at the same times; the `streams-*` workload
 instead runs `streams.py` (closed-loop chat streams over the OpenAI API, prompts as text). Writes each
@@ -153,9 +153,7 @@ def _streams(url: str, workload: dict, out: Path, grpc_target: str | None) -> di
         gaps = [w["itl_ms"] for tier in ("decode", "colocated") for w in pools.get(tier, {}).get("workers", [])
                 if w.get("itl_ms")]
         summary["engine_itl_ms"] = round(sum(gaps) / len(gaps), 2) if gaps else None
-    out.write_text(json.dumps({"summary": summary, "streams": [
-        {"sent_s": s.sent_s, "chunk_times_s": s.chunk_times_s, "output_tokens": s.output_tokens, "error": s.error}
-        for s in result]}))
+    out.write_text(streams.report(result, summary))
     return summary
 
 
